@@ -1,0 +1,3 @@
+from dynamicvis_cli.cli.app import main
+
+main()
