@@ -1,0 +1,94 @@
+"""The ``dvis`` command: assembles one sub-app per command and maps errors to exit codes.
+
+Exit codes: 0 success, 1 runtime error, 2 usage error (see dynamicvis_cli.errors). Known errors
+print one line on stderr; tracebacks appear only with ``--debug``. Nothing here imports torch:
+each command imports the library inside its function.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Annotated
+
+import click
+import typer
+
+from dynamicvis_cli._version import __version__
+from dynamicvis_cli.cli import models
+from dynamicvis_cli.errors import DvisError
+
+app = typer.Typer(
+    name="dvis",
+    help="DynamicVis remote-sensing foundation model as shell commands.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(models.app, name="models")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dvis {__version__}")
+        raise typer.Exit()
+
+
+def _show_versions(value: bool) -> None:
+    if value:
+        from dynamicvis_cli.cli.versions import versions_text
+
+        typer.echo(versions_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+    show_versions: Annotated[
+        bool, typer.Option("--show-versions", callback=_show_versions, is_eager=True,
+                           help="Print versions of dvis and its main dependencies (for bug reports).")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    """DynamicVis remote-sensing foundation model as shell commands.
+
+    Results go to files, one JSON summary per run to stdout, logs to stderr.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=args, prog_name="dvis", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.stderr.write("dvis: aborted\n")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.stderr.write("dvis: interrupted\n")
+        sys.exit(130)
+    except DvisError as exc:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"dvis: error: {exc}\n")
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # the one catch-all: unexpected failures, reported in one line
+        if debug:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        sys.stderr.write(
+            f"dvis: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)\n"
+        )
+        sys.exit(1)
+    sys.exit(0)
