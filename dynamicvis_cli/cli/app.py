@@ -11,7 +11,6 @@ import sys
 import traceback
 from typing import Annotated
 
-import click
 import typer
 
 from dynamicvis_cli._version import __version__
@@ -23,6 +22,7 @@ app = typer.Typer(
     help="DynamicVis remote-sensing foundation model as shell commands.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -66,15 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     command = typer.main.get_command(app)
     try:
-        command.main(args=args, prog_name="dvis", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        sys.stderr.write("dvis: aborted\n")
-        sys.exit(130)
+        # standalone mode: the parser reports usage errors itself (exit 2) and exits.
+        command.main(args=args, prog_name="dvis", standalone_mode=True)
     except KeyboardInterrupt:
         sys.stderr.write("dvis: interrupted\n")
         sys.exit(130)

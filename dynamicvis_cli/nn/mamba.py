@@ -71,15 +71,19 @@ class Mamba(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
     def _ssm(self, h: Tensor) -> Tensor:
-        """(batch, d_inner, L) conv input → (batch, d_inner, L) scan output with the D skip."""
+        """(batch, d_inner, L) conv input → (batch, d_inner, L) scan output with the D skip.
+
+        Projections are written as ``W @ h`` on the channel-first layout, so Δ, B and C come
+        out in the (batch, channels, L) layout the scan reads, without transposed copies.
+        """
         length = h.shape[-1]
         h = F.silu(self.conv1d(h)[..., :length])
-        x_dbl = self.x_proj(h.transpose(1, 2))                                # (b, L, r + 2n)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)                  # (b, d_inner, L)
+        x_dbl = torch.matmul(self.x_proj.weight, h)                           # (b, r + 2n, L)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta = torch.matmul(self.dt_proj.weight, dt)                           # (b, d_inner, L)
         A = -torch.exp(_wide(self.A_log))
         return selective_scan(
-            h, delta, A, B.transpose(1, 2), C.transpose(1, 2), _wide(self.D),
+            h, delta, A, B, C, _wide(self.D),
             delta_bias=_wide(self.dt_proj.bias), delta_softplus=True, backend=self.scan_backend,
         )
 
