@@ -70,3 +70,41 @@ class MissingDependencyError(DvisError, ImportError):
         pip = f"pip install 'dynamicvis-cli[{extra}]'" if extra else f"pip install {module}"
         super().__init__(f"{purpose} needs the Python module '{module}': {pip}")
         self.module = module
+
+
+class RasterReadError(DvisError, OSError):
+    """A file is not a readable raster, or reading part of it failed (truncated, corrupt)."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+
+
+class BandIndexError(DvisUsageError, IndexError):
+    """A requested band (1-based) does not exist in the raster."""
+
+    def __init__(self, path: object, bands: Iterable[int], count: int) -> None:
+        bad = ", ".join(str(b) for b in bands)
+        super().__init__(f"{path}: band(s) {bad} out of range; the raster has {count} band(s) (1-based)")
+
+
+class NotGeoreferencedError(DvisUsageError):
+    """A georeferenced output was asked of a raster without CRS or transform."""
+
+    def __init__(self, path: object, output: object) -> None:
+        super().__init__(
+            f"{path}: raster has no CRS, so {output} cannot be georeferenced; "
+            "pass --pixel-coords to write pixel coordinates instead"
+        )
+
+
+class GridMismatchError(DvisError, ValueError):
+    """Two rasters that must share a grid do not. Exit code 3."""
+
+    exit_code = 3
+
+    def __init__(self, first: object, second: object, differences: Iterable[str]) -> None:
+        super().__init__(
+            f"{second}: not on the grid of {first} ({'; '.join(differences)}); "
+            "pass --align to warp it onto the first grid"
+        )
