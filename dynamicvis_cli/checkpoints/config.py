@@ -40,6 +40,7 @@ class ModelConfig:
         token_budget: cap on tokens selected per unit, or None.
         dense: disable routing (the paper's dense variant).
         gumbel_schedule: router noise in training: ``fixed`` (0.1), ``decay`` or ``off``.
+        head: keyword arguments of the task head (e.g. ``{"channels": 256}``).
         provenance: where the weights came from (source file, its sha256, converter, licence).
     """
 
@@ -55,6 +56,7 @@ class ModelConfig:
     token_budget: int | None = None
     dense: bool = False
     gumbel_schedule: str = "fixed"
+    head: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

@@ -1,0 +1,67 @@
+"""Options shared by the commands: one flag, one meaning, everywhere.
+
+A value left at None means "the model's own value" (its tile size, its bands), as timm's
+create_model drops None kwargs: a flag the user did not set never overrides the model.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name (dvis models list) or checkpoint path.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Autocast precision.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per forward pass.")]
+TileOpt = Annotated[int | None, typer.Option("--tile-size", min=32, help="Tile side in pixels (default: the model's).")]
+OverlapOpt = Annotated[int | None, typer.Option("--overlap", min=0, help="Overlap between tiles in pixels (default: tile/8).")]
+BandsOpt = Annotated[str | None, typer.Option("--bands", help="1-based band indices, e.g. 4,3,2 (default: the first bands).")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Reader processes (0: read in the main process).")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output file (one input).")]
+OutDirOpt = Annotated[Path | None, typer.Option("--out-dir", help="Output folder (many inputs).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+SkipExistingOpt = Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output exists.")]
+ShardOpt = Annotated[str | None, typer.Option("--shard", help="Process the k-th of N shares of the inputs, e.g. 2/8.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")]
+RandomOpt = Annotated[bool, typer.Option("--random-weights", help="Allow randomly initialised weights (testing only; reported in the summary).")]
+ClassesOpt = Annotated[str | None, typer.Option("--classes", help="Comma-separated class names (for a model without a head of its own).")]
+ThresholdOpt = Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Score threshold.")]
+PixelOpt = Annotated[bool, typer.Option("--pixel-coords", help="Allow a raster without CRS: write pixel coordinates.")]
+
+
+def parse_bands(text: str | None) -> list[int] | None:
+    """'4,3,2' → [4, 3, 2]; None stays None. Validation against the raster happens on opening."""
+    if text is None:
+        return None
+    try:
+        bands = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"'{text}' is not a comma-separated list of band numbers", param_hint="--bands") from None
+    if not bands or min(bands) < 1:
+        raise typer.BadParameter("band numbers start at 1", param_hint="--bands")
+    return bands
+
+
+def parse_classes(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if len(set(names)) != len(names):
+        raise typer.BadParameter(f"duplicate class names in '{text}'", param_hint="--classes")
+    return names
