@@ -110,6 +110,8 @@ def load_task_model(
     config.backbone = dataclasses.replace(config.backbone, in_chans=target)
     if task in ("detect", "change") and not config.fpn_channels:
         config.fpn_channels = 256
+    if task in ("classify", "segment"):
+        config.fpn_channels = None  # their heads read the backbone's stages, not the FPN
 
     trunk = build_model(config, scan_backend=scan_backend)
     num = len(names) if task != "detect" else len(names) + 1  # FCOS counts background
