@@ -79,9 +79,9 @@ def load_task_model(
             )
         names = list(config.classes)
     else:
-        if not classes:
+        if not classes and task != "change":
             raise DvisUsageError(f"{model} has no {task} head: pass --classes to build one (random)")
-        names = list(classes)
+        names = list(classes or [])
     if task == "change" and len(names) < 2:
         names = ["unchanged", *names] if names else ["unchanged", "changed"]
     weights = {

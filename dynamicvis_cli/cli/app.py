@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from dynamicvis_cli._version import __version__
-from dynamicvis_cli.cli import models
+from dynamicvis_cli.cli import change, classify, detect, models, segment
 from dynamicvis_cli.errors import DvisError
 
 app = typer.Typer(
@@ -26,6 +26,8 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+for command in (classify, detect, segment, change):
+    app.registered_commands.extend(command.app.registered_commands)
 app.add_typer(models.app, name="models")
 
 

@@ -1,0 +1,59 @@
+"""``dvis change``: a change raster between two dates of the same place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dynamicvis_cli.cli import options as o
+
+app = typer.Typer()
+
+
+@app.command("change")
+def change(
+    before: Annotated[Path, typer.Argument(help="First date (its grid is the output's grid).")],
+    after: Annotated[Path, typer.Argument(help="Second date.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output change raster (.tif).")],
+    align: Annotated[bool, typer.Option("--align", help="Warp the second date onto the first's grid.")] = False,
+    resampling: Annotated[str, typer.Option("--resampling", help="For --align: nearest, bilinear, cubic, average, ...")] = "bilinear",
+    vector: Annotated[Path | None, typer.Option("--vector", help="Also write change polygons.")] = None,
+    simplify: Annotated[float | None, typer.Option("--simplify", help="Simplify polygons (map units).")] = None,
+    min_area: Annotated[float | None, typer.Option("--min-area", help="Drop polygons under this area (m², equal-area).")] = None,
+    model: o.ModelOpt = "base",
+    classes: o.ClassesOpt = None,
+    random_weights: o.RandomOpt = False,
+    bands: o.BandsOpt = None,
+    tile_size: o.TileOpt = None,
+    overlap: o.OverlapOpt = None,
+    batch_size: o.BatchOpt = 4,
+    workers: o.WorkersOpt = 0,
+    device: o.DeviceOpt = "auto",
+    precision: o.PrecisionOpt = o.Precision.fp32,
+    overwrite: o.OverwriteOpt = False,
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Detect change between two rasters that share a grid (or, with --align, warp the second).
+
+    Exit code 3 when the grids differ and --align was not given.
+    """
+    from dynamicvis_cli.cli.common import load_for_inputs, progress_bar, weights_summary
+    from dynamicvis_cli.cli.output import emit
+    from dynamicvis_cli.errors import InputNotFoundError
+    from dynamicvis_cli.infer.context import RunOptions
+    from dynamicvis_cli.infer.dense import change_scene
+
+    for path in (before, after):
+        if not path.exists():
+            raise InputNotFoundError(path)
+    loaded, chosen = load_for_inputs(model, "change", before, bands=o.parse_bands(bands),
+                                     classes=o.parse_classes(classes), random_weights=random_weights,
+                                     tile_size=tile_size, device=device, quiet=quiet)
+    with progress_bar(quiet, f"change {before.name}") as bar:
+        opts = RunOptions(device=device, precision=precision.value, batch_size=batch_size, workers=workers,
+                          tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar)
+        summary = change_scene(loaded, before, after, output, bands=chosen, opts=opts, align=align,
+                               resampling=resampling, vector=vector, simplify=simplify, min_area=min_area)
+    emit({"command": "change", **weights_summary(loaded), "runs": [summary]})

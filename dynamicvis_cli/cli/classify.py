@@ -1,0 +1,90 @@
+"""``dvis classify``: a label per image, or per grid cell of a scene (--grid)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dynamicvis_cli.cli import options as o
+
+app = typer.Typer()
+
+
+@app.command("classify")
+def classify(
+    inputs: Annotated[list[str], typer.Argument(help="Images or scenes (paths or globs).")],
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Results: .csv or .json for images; a vector file with --grid.")] = None,
+    out_dir: o.OutDirOpt = None,
+    name_template: Annotated[str, typer.Option("--name-template", help="Output name under --out-dir.")] = "{stem}.json",
+    grid: Annotated[int | None, typer.Option("--grid", help="Classify a scene in CELL x CELL px cells; one polygon per cell.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes listed per image in JSON.")] = 3,
+    model: o.ModelOpt = "base",
+    classes: o.ClassesOpt = None,
+    random_weights: o.RandomOpt = False,
+    bands: o.BandsOpt = None,
+    batch_size: o.BatchOpt = 8,
+    workers: o.WorkersOpt = 0,
+    device: o.DeviceOpt = "auto",
+    precision: o.PrecisionOpt = o.Precision.fp32,
+    pixel_coords: o.PixelOpt = False,
+    overwrite: o.OverwriteOpt = False,
+    skip_existing: o.SkipExistingOpt = False,
+    shard: o.ShardOpt = None,
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Classify images (one label each) or, with --grid, the cells of scenes."""
+    from pathlib import Path
+
+    from dynamicvis_cli.cli.common import load_for_inputs, progress_bar, run_scene_jobs, weights_summary
+    from dynamicvis_cli.cli.output import emit
+    from dynamicvis_cli.errors import DvisUsageError
+    from dynamicvis_cli.geo.atomic import check_writable
+    from dynamicvis_cli.infer.batch import expand_inputs, parse_shard, plan_jobs, shard as take_shard
+    from dynamicvis_cli.infer.classify import classify_grid, classify_images, write_records
+    from dynamicvis_cli.infer.context import RunOptions
+
+    load = {"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),
+            "random_weights": random_weights, "tile_size": grid, "device": device}
+    opts_kw = {"device": device, "precision": precision.value, "batch_size": batch_size, "workers": workers,
+               "overwrite": overwrite}
+    if grid is not None:
+        template = name_template if name_template != "{stem}.json" else "{stem}.grid.gpkg"
+        jobs = plan_jobs(inputs, output=Path(output) if output else None, out_dir=out_dir,
+                         template=template, shard_spec=shard)
+
+        def run(loaded, chosen, job, bar):  # type: ignore[no-untyped-def]
+            opts = RunOptions(progress=bar, **opts_kw)
+            return classify_grid(loaded, job.src, job.out, cell=grid, bands=chosen, opts=opts,
+                                 pixel_coords=pixel_coords)
+
+        run_scene_jobs("classify", "classify", jobs, skip_existing=skip_existing, quiet=quiet, run=run, load=load)
+        return
+
+    paths = take_shard(expand_inputs(inputs), parse_shard(shard))
+    if (output is None) == (out_dir is None):
+        raise DvisUsageError("give -o/--output (.csv or .json for all images) or --out-dir (one JSON each)")
+    if output is not None:
+        check_writable(Path(output), overwrite=overwrite)
+    loaded, _ = load_for_inputs(task="classify", first_input=paths[0], quiet=quiet, **load)
+    with progress_bar(quiet, "classify") as bar:
+        records = classify_images(loaded, paths, bands=load["bands"], opts=RunOptions(progress=bar, **opts_kw),
+                                  top_k=top_k)
+    written = []
+    if output is not None:
+        write_records(records, Path(output), overwrite=overwrite)
+        written.append(output)
+    else:
+        assert out_dir is not None
+        for path, rec in zip(paths, records):
+            target = out_dir / name_template.format(stem=path.stem, name=path.name, parent=path.parent.name)
+            if skip_existing and target.exists():
+                continue
+            write_records([rec], target, overwrite=overwrite)
+            written.append(str(target))
+    counts: dict[str, int] = {}
+    for r in records:
+        if r["class"] is not None:
+            counts[r["class"]] = counts.get(r["class"], 0) + 1
+    emit({"command": "classify", **weights_summary(loaded), "images": len(records), "per_class": counts,
+          "outputs": [str(w) for w in written], "results": records if len(records) <= 50 else "see outputs"})

@@ -1,0 +1,56 @@
+"""``dvis detect``: objects in scenes as polygons at the right place on Earth."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dynamicvis_cli.cli import options as o
+
+app = typer.Typer()
+
+
+@app.command("detect")
+def detect(
+    inputs: Annotated[list[str], typer.Argument(help="Scenes (paths or globs).")],
+    output: o.OutputOpt = None,
+    out_dir: o.OutDirOpt = None,
+    name_template: Annotated[str, typer.Option("--name-template", help="Output name under --out-dir.")] = "{stem}.geojson",
+    model: o.ModelOpt = "base",
+    classes: o.ClassesOpt = None,
+    random_weights: o.RandomOpt = False,
+    threshold: o.ThresholdOpt = 0.3,
+    iou_threshold: Annotated[float, typer.Option("--iou-threshold", min=0.0, max=1.0, help="NMS IoU threshold.")] = 0.5,
+    max_detections: Annotated[int | None, typer.Option("--max-detections", min=0, help="Keep the best N per scene.")] = None,
+    bands: o.BandsOpt = None,
+    tile_size: o.TileOpt = None,
+    overlap: o.OverlapOpt = None,
+    batch_size: o.BatchOpt = 4,
+    workers: o.WorkersOpt = 0,
+    device: o.DeviceOpt = "auto",
+    precision: o.PrecisionOpt = o.Precision.fp32,
+    pixel_coords: o.PixelOpt = False,
+    overwrite: o.OverwriteOpt = False,
+    skip_existing: o.SkipExistingOpt = False,
+    shard: o.ShardOpt = None,
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Detect objects; write boxes as polygons (.geojson in lon/lat, .gpkg/.parquet/.fgb native CRS)."""
+    from dynamicvis_cli.cli.common import run_scene_jobs
+    from dynamicvis_cli.infer.batch import plan_jobs
+    from dynamicvis_cli.infer.context import RunOptions
+    from dynamicvis_cli.infer.detect import detect_scene
+
+    jobs = plan_jobs(inputs, output=output, out_dir=out_dir, template=name_template, shard_spec=shard)
+
+    def run(loaded, chosen, job, bar):  # type: ignore[no-untyped-def]
+        opts = RunOptions(device=device, precision=precision.value, batch_size=batch_size, workers=workers,
+                          tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar)
+        return detect_scene(loaded, job.src, job.out, bands=chosen, opts=opts, threshold=threshold,
+                            iou_threshold=iou_threshold, max_detections=max_detections,
+                            pixel_coords=pixel_coords)
+
+    run_scene_jobs("detect", "detect", jobs, skip_existing=skip_existing, quiet=quiet, run=run,
+                   load={"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),
+                         "random_weights": random_weights, "tile_size": tile_size, "device": device})
