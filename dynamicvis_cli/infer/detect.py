@@ -56,8 +56,9 @@ def detect_scene(
     classes = loaded.config.classes
     tile, overlap = tiling(loaded, opts)
     device = opts.torch_device()
-    fcos = loaded.module.fcos  # type: ignore[union-attr]
-    fcos.score_thresh = min(threshold, 0.05)  # the merger applies the user's threshold
+    fcos = getattr(loaded.module, "fcos", None)
+    if fcos is not None:
+        fcos.score_thresh = min(threshold, 0.05)  # the merger applies the user's threshold
     with RasterSource(source) as src:
         if src.crs is None and not pixel_coords:
             raise NotGeoreferencedError(source, output)

@@ -94,7 +94,9 @@ class TileDataset(Dataset[Tile]):
         for spec in self.specs:
             src = RasterSource(spec.path)
             if spec.align_onto is not None:
-                src = aligned(src, onto=RasterSource(spec.align_onto), resampling=spec.resampling)
+                # aligned() re-opens both files by path, so the handles used to build it close.
+                with src, RasterSource(spec.align_onto) as onto:
+                    src = aligned(src, onto=onto, resampling=spec.resampling)
             readers.append(src)
         return readers
 

@@ -44,11 +44,14 @@ def test_bad_shard(bad: str) -> None:
 
 
 def test_output_rules(files: list[Path], tmp_path: Path) -> None:
-    jobs = plan_jobs([str(tmp_path / "s*.tif")], output=None, out_dir=tmp_path / "out",
-                     template="{stem}.gpkg")
+    jobs = plan_jobs(
+        [str(tmp_path / "s*.tif")], output=None, out_dir=tmp_path / "out", template="{stem}.gpkg"
+    )
     assert [j.out.name for j in jobs] == [f"s{i}.gpkg" for i in range(7)]
     with pytest.raises(DvisUsageError, match="use --out-dir"):
-        plan_jobs([str(tmp_path / "s*.tif")], output=tmp_path / "a.gpkg", out_dir=None, template="{stem}")
+        plan_jobs(
+            [str(tmp_path / "s*.tif")], output=tmp_path / "a.gpkg", out_dir=None, template="{stem}"
+        )
     with pytest.raises(DvisUsageError, match="same output"):
         plan_jobs([str(tmp_path / "s*.tif")], output=None, out_dir=tmp_path, template="x.gpkg")
     with pytest.raises(DvisUsageError, match="unknown field"):
