@@ -26,6 +26,7 @@ def change(
     classes: o.ClassesOpt = None,
     random_weights: o.RandomOpt = False,
     bands: o.BandsOpt = None,
+    stretch: o.StretchOpt = False,
     tile_size: o.TileOpt = None,
     overlap: o.OverlapOpt = None,
     batch_size: o.BatchOpt = 4,
@@ -55,5 +56,6 @@ def change(
         opts = RunOptions(device=device, precision=precision.value, batch_size=batch_size, workers=workers,
                           tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar)
         summary = change_scene(loaded, before, after, output, bands=chosen, opts=opts, align=align,
-                               resampling=resampling, vector=vector, simplify=simplify, min_area=min_area)
+                               resampling=resampling, vector=vector, simplify=simplify, min_area=min_area,
+                               stretch=stretch)
     emit({"command": "change", **weights_summary(loaded), "runs": [summary]})

@@ -23,6 +23,7 @@ def classify(
     classes: o.ClassesOpt = None,
     random_weights: o.RandomOpt = False,
     bands: o.BandsOpt = None,
+    stretch: o.StretchOpt = False,
     batch_size: o.BatchOpt = 8,
     workers: o.WorkersOpt = 0,
     device: o.DeviceOpt = "auto",
@@ -56,7 +57,7 @@ def classify(
         def run(loaded, chosen, job, bar):  # type: ignore[no-untyped-def]
             opts = RunOptions(progress=bar, **opts_kw)
             return classify_grid(loaded, job.src, job.out, cell=grid, bands=chosen, opts=opts,
-                                 pixel_coords=pixel_coords)
+                                 pixel_coords=pixel_coords, stretch=stretch)
 
         run_scene_jobs("classify", "classify", jobs, skip_existing=skip_existing, quiet=quiet, run=run, load=load)
         return
@@ -69,7 +70,7 @@ def classify(
     loaded, _ = load_for_inputs(task="classify", first_input=paths[0], quiet=quiet, **load)
     with progress_bar(quiet, "classify") as bar:
         records = classify_images(loaded, paths, bands=load["bands"], opts=RunOptions(progress=bar, **opts_kw),
-                                  top_k=top_k)
+                                  top_k=top_k, stretch=stretch)
     written = []
     if output is not None:
         write_records(records, Path(output), overwrite=overwrite)

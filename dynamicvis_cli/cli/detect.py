@@ -24,6 +24,7 @@ def detect(
     iou_threshold: Annotated[float, typer.Option("--iou-threshold", min=0.0, max=1.0, help="NMS IoU threshold.")] = 0.5,
     max_detections: Annotated[int | None, typer.Option("--max-detections", min=0, help="Keep the best N per scene.")] = None,
     bands: o.BandsOpt = None,
+    stretch: o.StretchOpt = False,
     tile_size: o.TileOpt = None,
     overlap: o.OverlapOpt = None,
     batch_size: o.BatchOpt = 4,
@@ -49,7 +50,7 @@ def detect(
                           tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar)
         return detect_scene(loaded, job.src, job.out, bands=chosen, opts=opts, threshold=threshold,
                             iou_threshold=iou_threshold, max_detections=max_detections,
-                            pixel_coords=pixel_coords)
+                            pixel_coords=pixel_coords, stretch=stretch)
 
     run_scene_jobs("detect", "detect", jobs, skip_existing=skip_existing, quiet=quiet, run=run,
                    load={"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),

@@ -42,6 +42,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or lo
 RandomOpt = Annotated[bool, typer.Option("--random-weights", help="Allow randomly initialised weights (testing only; reported in the summary).")]
 ClassesOpt = Annotated[str | None, typer.Option("--classes", help="Comma-separated class names (for a model without a head of its own).")]
 ThresholdOpt = Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Score threshold.")]
+StretchOpt = Annotated[bool, typer.Option("--stretch", help="Scale each band by its 2nd-98th percentiles (16-bit sensors) instead of by data type.")]
 PixelOpt = Annotated[bool, typer.Option("--pixel-coords", help="Allow a raster without CRS: write pixel coordinates.")]
 
 

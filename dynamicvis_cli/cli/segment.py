@@ -25,6 +25,7 @@ def segment(
     classes: o.ClassesOpt = None,
     random_weights: o.RandomOpt = False,
     bands: o.BandsOpt = None,
+    stretch: o.StretchOpt = False,
     tile_size: o.TileOpt = None,
     overlap: o.OverlapOpt = None,
     stitch: Annotated[str, typer.Option("--stitch", help="blend (tapered overlap weights) or crop (centres).")] = "blend",
@@ -55,7 +56,7 @@ def segment(
         opts = RunOptions(device=device, precision=precision.value, batch_size=batch_size, workers=workers,
                           tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar)
         return segment_scene(loaded, job.src, job.out, bands=chosen, opts=opts, vector=vector,
-                             simplify=simplify, min_area=min_area, mode=stitch)
+                             simplify=simplify, min_area=min_area, mode=stitch, stretch=stretch)
 
     run_scene_jobs("segment", "segment", jobs, skip_existing=skip_existing, quiet=quiet, run=run,
                    load={"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),

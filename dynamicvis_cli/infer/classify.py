@@ -23,7 +23,7 @@ from dynamicvis_cli.checkpoints.task import LoadedTaskModel
 from dynamicvis_cli.errors import DvisUsageError, NotGeoreferencedError
 from dynamicvis_cli.geo.atomic import atomic_output
 from dynamicvis_cli.geo.crs import describe_crs
-from dynamicvis_cli.geo.read import RasterSource
+from dynamicvis_cli.geo.read import RasterSource, percentile_stretch
 from dynamicvis_cli.geo.write_vector import write_vectors
 from dynamicvis_cli.infer.detect import boxes_to_polygons
 from dynamicvis_cli.infer.context import RunOptions, Timer, provenance, run_model
@@ -48,7 +48,7 @@ def classify_images(
     bands: Sequence[int] | None,
     opts: RunOptions,
     top_k: int = 3,
-    stretch: Any = None,
+    stretch: bool = False,
 ) -> list[dict[str, Any]]:
     """One record per image: path, class, score and the top-k classes."""
     classes = loaded.config.classes
@@ -62,7 +62,8 @@ def classify_images(
                     f"{path}: {src.width}x{src.height} px is a scene, not a chip; "
                     "use --grid CELL to classify it cell by cell")
             chosen = src.resolve_bands(list(bands) if bands else None, expected)
-            spec = ReaderSpec(Path(path), chosen, loaded.config.mean, loaded.config.std, stretch)
+            spec = ReaderSpec(Path(path), chosen, loaded.config.mean, loaded.config.std,
+                              percentile_stretch(src, chosen) if stretch else None)
             dataset = TileDataset([spec], [Window(0, 0, src.width, src.height)])
             tile = dataset[0]
         if not bool(tile.valid.any()):
@@ -107,7 +108,7 @@ def classify_grid(
     bands: list[int],
     opts: RunOptions,
     pixel_coords: bool = False,
-    stretch: Any = None,
+    stretch: bool = False,
 ) -> dict[str, Any]:
     """One polygon per grid cell (clipped to the scene) with class, class_id and score."""
     if cell < 16:
@@ -120,7 +121,8 @@ def classify_grid(
             raise NotGeoreferencedError(source, output)
         bands = src.check_bands(bands)
         windows = grid_windows(src.height, src.width, cell)
-        spec = ReaderSpec(Path(source), bands, loaded.config.mean, loaded.config.std, stretch)
+        spec = ReaderSpec(Path(source), bands, loaded.config.mean, loaded.config.std,
+                          percentile_stretch(src, bands) if stretch else None)
         rows: list[dict[str, Any]] = []
         geoms = []
         for batch in iterate_batches(TileDataset([spec], windows), batch_size=opts.batch_size,

@@ -18,7 +18,7 @@ from rasterio.windows import Window
 from dynamicvis_cli.checkpoints.task import LoadedTaskModel
 from dynamicvis_cli.errors import DvisUsageError
 from dynamicvis_cli.geo.crs import check_same_grid, describe_crs
-from dynamicvis_cli.geo.read import RasterSource
+from dynamicvis_cli.geo.read import RasterSource, percentile_stretch
 from dynamicvis_cli.geo.write_raster import COGWriter
 from dynamicvis_cli.infer.context import RunOptions, Timer, provenance, run_model, tiling
 from dynamicvis_cli.infer.runner import ReaderSpec, RunStats, TileDataset, iterate_batches, stack
@@ -26,6 +26,9 @@ from dynamicvis_cli.infer.stitch_dense import DenseStitcher
 from dynamicvis_cli.infer.tiling import plan_tiles
 
 NODATA = 255
+# Finished rows are handed to the writer in pieces this wide, so the per-piece temporaries
+# (probabilities, argmax) stay a few MB however wide the scene is.
+EMIT_COLUMNS = 2048
 
 
 def _dense_run(
@@ -58,7 +61,8 @@ def _dense_run(
             writer.write(window, ids[None])
 
         stitcher = DenseStitcher(grid.height, grid.width, len(classes), tile=tile, overlap=overlap,
-                                 mode=mode, emit=emit)  # type: ignore[arg-type]
+                                 mode=mode, emit=emit, accumulate="float32",  # type: ignore[arg-type]
+                                 emit_columns=EMIT_COLUMNS)
         dataset = TileDataset(specs, windows)
         done = 0
         for batch in iterate_batches(dataset, batch_size=opts.batch_size, workers=opts.workers, stats=stats):
@@ -106,13 +110,14 @@ def segment_scene(
     vector: Path | None = None,
     simplify: float | None = None,
     min_area: float | None = None,
-    stretch: Any = None,
+    stretch: bool = False,
     mode: str = "blend",
 ) -> dict[str, Any]:
     """Segment one scene into a class COG (and optionally polygons); returns the summary."""
     with RasterSource(source) as src:
         bands = src.check_bands(bands)
-        spec = ReaderSpec(Path(source), bands, loaded.config.mean, loaded.config.std, stretch)
+        spec = ReaderSpec(Path(source), bands, loaded.config.mean, loaded.config.std,
+                          percentile_stretch(src, bands) if stretch else None)
         tags = provenance(loaded, [Path(source)], bands=bands, command="segment")
         summary = _dense_run(loaded, [spec], src, Path(output), opts, tags, mode=mode)
         summary.update({"input": str(source), "crs": describe_crs(src.crs), "bands": bands,
@@ -137,7 +142,7 @@ def change_scene(
     vector: Path | None = None,
     simplify: float | None = None,
     min_area: float | None = None,
-    stretch: Any = None,
+    stretch: bool = False,
     mode: str = "blend",
 ) -> dict[str, Any]:
     """Change map between two dates on the first date's grid.
@@ -152,8 +157,10 @@ def change_scene(
         if not align:
             check_same_grid(before, a, after, b)
         specs = [
-            ReaderSpec(Path(before), bands_a, loaded.config.mean, loaded.config.std, stretch),
-            ReaderSpec(Path(after), bands_b, loaded.config.mean, loaded.config.std, stretch,
+            ReaderSpec(Path(before), bands_a, loaded.config.mean, loaded.config.std,
+                       percentile_stretch(a, bands_a) if stretch else None),
+            ReaderSpec(Path(after), bands_b, loaded.config.mean, loaded.config.std,
+                       percentile_stretch(b, bands_b) if stretch else None,
                        align_onto=Path(before) if align else None, resampling=resampling),
         ]
         tags = provenance(loaded, [Path(before), Path(after)], bands=bands, command="change",

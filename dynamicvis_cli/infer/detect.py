@@ -20,7 +20,7 @@ from shapely.geometry import Polygon
 from dynamicvis_cli.checkpoints.task import LoadedTaskModel
 from dynamicvis_cli.errors import NotGeoreferencedError
 from dynamicvis_cli.geo.crs import describe_crs, pixel_to_map
-from dynamicvis_cli.geo.read import RasterSource
+from dynamicvis_cli.geo.read import RasterSource, percentile_stretch
 from dynamicvis_cli.geo.write_vector import write_vectors
 from dynamicvis_cli.infer.context import RunOptions, Timer, provenance, run_model, tiling
 from dynamicvis_cli.infer.runner import ReaderSpec, RunStats, TileDataset, iterate_batches, stack
@@ -50,7 +50,7 @@ def detect_scene(
     iou_threshold: float = 0.5,
     max_detections: int | None = None,
     pixel_coords: bool = False,
-    stretch: Any = None,
+    stretch: bool = False,
 ) -> dict[str, Any]:
     """Detect objects in one scene and write them as polygons; returns the summary."""
     classes = loaded.config.classes
@@ -66,7 +66,8 @@ def detect_scene(
         windows = plan_tiles(src.height, src.width, tile, overlap)
         merger = BoxMerger(src.height, src.width, tile=tile, overlap=overlap, iou_threshold=iou_threshold,
                            score_threshold=threshold, max_detections=max_detections)
-        spec = ReaderSpec(Path(source), bands, loaded.config.mean, loaded.config.std, stretch)
+        spec = ReaderSpec(Path(source), bands, loaded.config.mean, loaded.config.std,
+                          percentile_stretch(src, bands) if stretch else None)
         timer, stats = Timer(), RunStats()
         for batch in iterate_batches(TileDataset([spec], windows), batch_size=opts.batch_size,
                                      workers=opts.workers, stats=stats):

@@ -179,3 +179,15 @@ def test_all_nodata_scene_writes_an_all_nodata_raster(tmp_path: Path) -> None:
     assert summary["tiles"] == summary["tiles_skipped_nodata"] >= 1
     with rasterio.open(out) as o:
         assert (o.read(1) == 255).all()
+
+
+def test_uint16_rgba_with_percentile_stretch(tmp_path: Path) -> None:
+    src = data_file("geotiff", "RGBA.uint16.tif")
+    out = tmp_path / "seg.tif"
+    run = dvis("segment", src, "-o", out, "--classes", "a,b", "--stretch", *TINY)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["runs"][0]["bands"] == [1, 2, 3]  # alpha is a mask, not a colour
+    with rasterio.open(out) as o, rasterio.open(src) as i:
+        assert (o.crs, o.transform, o.shape) == (i.crs, i.transform, i.shape)
+        alpha_off = i.read(4) == 0
+        assert (o.read(1)[alpha_off] == 255).all()

@@ -341,3 +341,30 @@ def test_a_failure_inside_the_with_block_emits_nothing_more() -> None:
         st.add(Window(0, 0, 32, 32), np.zeros((1, 32, 32), dtype=np.float32))
         raise RuntimeError("model failed")
     assert bands == []
+
+
+@pytest.mark.parametrize("columns", [7, 40, 1000])
+def test_float32_sums_and_column_pieces_cover_every_pixel_once(columns: int) -> None:
+    height, width, tile, overlap = 70, 90, 32, 8
+    rng = np.random.default_rng(3)
+    scene = rng.standard_normal((2, height, width)).astype(np.float32)
+    seen = np.zeros((height, width), dtype=int)
+    out = np.full((2, height, width), np.nan, dtype=np.float32)
+
+    def emit(window: Window, values: np.ndarray) -> None:
+        r, c, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
+        assert w <= columns
+        seen[r:r + h, c:c + w] += 1
+        out[:, r:r + h, c:c + w] = values
+
+    stitcher = DenseStitcher(height, width, 2, tile=tile, overlap=overlap, emit=emit,
+                             accumulate="float32", emit_columns=columns)
+    for window in plan_tiles(height, width, tile, overlap):
+        r, c = int(window.row_off), int(window.col_off)
+        values = np.zeros((2, tile, tile), dtype=np.float32)
+        part = scene[:, r:r + tile, c:c + tile]
+        values[:, : part.shape[1], : part.shape[2]] = part
+        stitcher.add(window, values)
+    stitcher.close()
+    assert (seen == 1).all()
+    np.testing.assert_allclose(out, scene, rtol=1e-6, atol=1e-6)
