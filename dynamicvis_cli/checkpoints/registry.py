@@ -26,6 +26,7 @@ class Architecture:
     fpn_channels: int
     description: str
     tile_size: int
+    head_channels: int = 256  # width of the dense heads (UperNet, change decoder)
 
 
 _ARCHS: dict[str, Architecture] = {}
@@ -53,11 +54,13 @@ register_arch(Architecture(
     "small",
     BackboneSpec(dims=(64, 128, 256, 512), depths=(2, 2, 6, 2), img_size=512),
     256, "dvis's own small variant for CPU training (not in the paper)", 512,
+    head_channels=128,
 ))
 register_arch(Architecture(
     "tiny",
     BackboneSpec(dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), img_size=128),
     32, "dvis's own test-size variant, the reference fixture's shape (not in the paper)", 128,
+    head_channels=32,
 ))
 
 
@@ -97,6 +100,7 @@ def arch_config(name: str) -> ModelConfig:
     arch = _ARCHS[name]
     return ModelConfig(
         arch=name, backbone=arch.spec, fpn_channels=arch.fpn_channels, tile_size=arch.tile_size,
+        head={"channels": arch.head_channels},
         provenance={"weights": "random initialisation", "architecture": arch.description},
     )
 
