@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -86,7 +85,3 @@ def save_checkpoint(
         (tmp / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
     return out
 
-
-def config_summary(config: ModelConfig) -> dict[str, object]:
-    """A JSON-able description for ``dvis models show``."""
-    return json.loads(config.to_json())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,6 @@ class RunStats:
     tiles: int = 0
     skipped_invalid: int = 0
     batches: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def iterate_batches(
