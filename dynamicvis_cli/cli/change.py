@@ -22,6 +22,7 @@ def change(
     vector: Annotated[Path | None, typer.Option("--vector", help="Also write change polygons.")] = None,
     simplify: Annotated[float | None, typer.Option("--simplify", help="Simplify polygons (map units).")] = None,
     min_area: Annotated[float | None, typer.Option("--min-area", help="Drop polygons under this area (m², equal-area).")] = None,
+    quicklook: o.QuicklookOpt = None,
     model: o.ModelOpt = "base",
     classes: o.ClassesOpt = None,
     random_weights: o.RandomOpt = False,
@@ -57,5 +58,5 @@ def change(
                           tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar)
         summary = change_scene(loaded, before, after, output, bands=chosen, opts=opts, align=align,
                                resampling=resampling, vector=vector, simplify=simplify, min_area=min_area,
-                               stretch=stretch)
+                               stretch=stretch, quicklook=quicklook)
     emit({"command": "change", **weights_summary(loaded), "runs": [summary]})

@@ -17,6 +17,7 @@ def detect(
     output: o.OutputOpt = None,
     out_dir: o.OutDirOpt = None,
     name_template: Annotated[str, typer.Option("--name-template", help="Output name under --out-dir.")] = "{stem}.geojson",
+    quicklook: o.QuicklookOpt = None,
     model: o.ModelOpt = "base",
     classes: o.ClassesOpt = None,
     random_weights: o.RandomOpt = False,
@@ -44,13 +45,17 @@ def detect(
     from dynamicvis_cli.infer.detect import detect_scene
 
     jobs = plan_jobs(inputs, output=output, out_dir=out_dir, template=name_template, shard_spec=shard)
+    if quicklook is not None and len(jobs) > 1:
+        from dynamicvis_cli.errors import DvisUsageError
+
+        raise DvisUsageError("--quicklook names one file; use it with a single input")
 
     def run(loaded, chosen, job, bar):  # type: ignore[no-untyped-def]
         opts = RunOptions(device=device, precision=precision.value, batch_size=batch_size, workers=workers,
                           tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar)
         return detect_scene(loaded, job.src, job.out, bands=chosen, opts=opts, threshold=threshold,
                             iou_threshold=iou_threshold, max_detections=max_detections,
-                            pixel_coords=pixel_coords, stretch=stretch)
+                            pixel_coords=pixel_coords, stretch=stretch, quicklook=quicklook)
 
     run_scene_jobs("detect", "detect", jobs, skip_existing=skip_existing, quiet=quiet, run=run,
                    load={"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),

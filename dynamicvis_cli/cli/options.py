@@ -43,6 +43,7 @@ RandomOpt = Annotated[bool, typer.Option("--random-weights", help="Allow randoml
 ClassesOpt = Annotated[str | None, typer.Option("--classes", help="Comma-separated class names (for a model without a head of its own).")]
 ThresholdOpt = Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Score threshold.")]
 StretchOpt = Annotated[bool, typer.Option("--stretch", help="Scale each band by its 2nd-98th percentiles (16-bit sensors) instead of by data type.")]
+QuicklookOpt = Annotated[Path | None, typer.Option("--quicklook", help="Also render the result over the image to this .png (one input).")]
 PixelOpt = Annotated[bool, typer.Option("--pixel-coords", help="Allow a raster without CRS: write pixel coordinates.")]
 
 

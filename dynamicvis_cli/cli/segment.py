@@ -21,6 +21,7 @@ def segment(
     vector: Annotated[Path | None, typer.Option("--vector", help="Also write polygons (.gpkg, .geojson, .parquet, .fgb); one input only.")] = None,
     simplify: Annotated[float | None, typer.Option("--simplify", help="Simplify polygons (map units).")] = None,
     min_area: Annotated[float | None, typer.Option("--min-area", help="Drop polygons under this area (m², equal-area).")] = None,
+    quicklook: o.QuicklookOpt = None,
     model: o.ModelOpt = "base",
     classes: o.ClassesOpt = None,
     random_weights: o.RandomOpt = False,
@@ -49,14 +50,14 @@ def segment(
     from dynamicvis_cli.infer.dense import segment_scene
 
     jobs = plan_jobs(inputs, output=output, out_dir=out_dir, template=name_template, shard_spec=shard)
-    if vector is not None and len(jobs) > 1:
-        raise DvisUsageError("--vector names one file; use it with a single input")
+    if (vector is not None or quicklook is not None) and len(jobs) > 1:
+        raise DvisUsageError("--vector and --quicklook name one file; use them with a single input")
 
     def run(loaded, chosen, job, bar):  # type: ignore[no-untyped-def]
         opts = RunOptions(device=device, precision=precision.value, batch_size=batch_size, workers=workers,
                           tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar)
         return segment_scene(loaded, job.src, job.out, bands=chosen, opts=opts, vector=vector,
-                             simplify=simplify, min_area=min_area, mode=stitch, stretch=stretch)
+                             simplify=simplify, min_area=min_area, mode=stitch, stretch=stretch, quicklook=quicklook)
 
     run_scene_jobs("segment", "segment", jobs, skip_existing=skip_existing, quiet=quiet, run=run,
                    load={"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),

@@ -112,6 +112,7 @@ def segment_scene(
     min_area: float | None = None,
     stretch: bool = False,
     mode: str = "blend",
+    quicklook: Path | None = None,
 ) -> dict[str, Any]:
     """Segment one scene into a class COG (and optionally polygons); returns the summary."""
     with RasterSource(source) as src:
@@ -126,6 +127,11 @@ def segment_scene(
     if vector is not None:
         summary.update(_vectorise(Path(output), vector, loaded.config.classes, crs_ok=crs_ok,
                                   simplify=simplify, min_area=min_area, overwrite=opts.overwrite, skip=()))
+    if quicklook is not None:
+        from dynamicvis_cli.geo.quicklook import quicklook_classes
+
+        summary["quicklook"] = str(quicklook_classes(Path(source), bands, Path(output), quicklook,
+                                                     overwrite=opts.overwrite))
     return summary
 
 
@@ -144,6 +150,7 @@ def change_scene(
     min_area: float | None = None,
     stretch: bool = False,
     mode: str = "blend",
+    quicklook: Path | None = None,
 ) -> dict[str, Any]:
     """Change map between two dates on the first date's grid.
 
@@ -173,4 +180,9 @@ def change_scene(
     if vector is not None:
         summary.update(_vectorise(Path(output), vector, loaded.config.classes, crs_ok=crs_ok,
                                   simplify=simplify, min_area=min_area, overwrite=opts.overwrite, skip=(0,)))
+    if quicklook is not None:
+        from dynamicvis_cli.geo.quicklook import quicklook_classes
+
+        summary["quicklook"] = str(quicklook_classes(Path(after), bands, Path(output), quicklook,
+                                                     overwrite=opts.overwrite))
     return summary

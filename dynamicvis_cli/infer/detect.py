@@ -51,6 +51,7 @@ def detect_scene(
     max_detections: int | None = None,
     pixel_coords: bool = False,
     stretch: bool = False,
+    quicklook: Path | None = None,
 ) -> dict[str, Any]:
     """Detect objects in one scene and write them as polygons; returns the summary."""
     classes = loaded.config.classes
@@ -100,9 +101,14 @@ def detect_scene(
         )
         write_vectors(gdf, output, overwrite=opts.overwrite, pixel_coords=src.crs is None, source=source)
         timer.lap("write")
+        if quicklook is not None:
+            from dynamicvis_cli.geo.quicklook import quicklook_boxes
+
+            quicklook_boxes(Path(source), bands, det.boxes, det.labels, quicklook, overwrite=opts.overwrite)
         counts = {c: int((det.labels == i).sum()) for i, c in enumerate(classes)}
         return {
             "input": str(source), "output": str(output), "crs": describe_crs(src.crs),
+            "quicklook": str(quicklook) if quicklook else None,
             "detections": int(len(det.scores)), "per_class": counts, "threshold": threshold,
             "tiles": stats.tiles, "tiles_skipped_nodata": stats.skipped_invalid,
             "tile_size": tile, "overlap": overlap, "bands": bands, "seconds": timer.seconds,

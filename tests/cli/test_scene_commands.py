@@ -43,8 +43,8 @@ def test_segment_writes_a_cog_on_the_input_grid_and_polygons(tmp_path: Path) -> 
     from rio_cogeo.cogeo import cog_validate
 
     src = data_file("geotiff", "RGB.byte.tif")
-    out, vec = tmp_path / "lc.tif", tmp_path / "lc.gpkg"
-    run = dvis("segment", src, "-o", out, "--vector", vec, "--classes", "water,land", *TINY)
+    out, vec, png = tmp_path / "lc.tif", tmp_path / "lc.gpkg", tmp_path / "lc.png"
+    run = dvis("segment", src, "-o", out, "--vector", vec, "--quicklook", png, "--classes", "water,land", *TINY)
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)
     assert summary["random_weights"] is True and summary["runs"][0]["crs"] == "EPSG:32618"
@@ -58,6 +58,7 @@ def test_segment_writes_a_cog_on_the_input_grid_and_polygons(tmp_path: Path) -> 
     assert (classes[nodata_in] == 255).all() and (classes[~nodata_in] < 2).all()
     polys = gpd.read_file(vec)
     assert len(polys) == summary["runs"][0]["polygons"] and polys.crs == "EPSG:32618"
+    assert summary["runs"][0]["quicklook"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not leftovers(tmp_path)
 
 
