@@ -97,6 +97,23 @@ class ModelConfig:
             raise CheckpointError(source, "config must be a JSON object")
         return cls.from_dict(data, source=source)
 
+    def with_bands(self, n: int) -> ModelConfig:
+        """A copy for ``n`` input bands: backbone in_chans, and per-band mean/std/names repeated
+        cyclically when their count changes; the original count is kept in the provenance."""
+        import dataclasses
+
+        new = dataclasses.replace(self)
+        source = self.backbone.in_chans
+        if n == source:
+            return new
+        new.backbone = dataclasses.replace(self.backbone, in_chans=n)
+        new.provenance = {**self.provenance, "input_adapted_from_bands": source}
+        if len(self.mean) != n:
+            new.mean = (list(self.mean) * n)[:n]
+            new.std = (list(self.std) * n)[:n]
+            new.bands = [f"band{i + 1}" for i in range(n)]
+        return new
+
     @classmethod
     def from_file(cls, path: Path) -> ModelConfig:
         return cls.from_json(path.read_text(encoding="utf-8"), source=path)

@@ -107,7 +107,7 @@ def load_model(
         config.fpn_channels = None
     source_chans = config.backbone.in_chans
     target_chans = in_chans or source_chans
-    config.backbone = dataclasses.replace(config.backbone, in_chans=target_chans)
+    config = config.with_bands(target_chans)
 
     net = build_model(config, scan_backend=scan_backend)
     if location is not None:
@@ -120,7 +120,7 @@ def load_model(
                 raise CheckpointError(location, f"no {STEM_KEY} to adapt to {target_chans} bands")
             state[STEM_KEY] = adapt_input_conv(state[STEM_KEY], target_chans, rgb_bands=rgb_bands)
             log.info("adapted the RGB stem of %s to %d bands", location, target_chans)
-            config.provenance = {**config.provenance, "input_adapted_from_bands": source_chans}
+            config.provenance = {**config.provenance, "input_adapted_from_bands": source_chans}  # also for rgb_bands
         load_state(net, state, source=location)
     net.config = config  # type: ignore[assignment]
     net = net.to(device=device, dtype=dtype)

@@ -101,13 +101,7 @@ def load_task_model(
     if tile_size is not None:
         config.tile_size = tile_size
     target = in_chans or config.backbone.in_chans
-    if target != config.backbone.in_chans:
-        config.provenance = {**config.provenance, "input_adapted_from_bands": config.backbone.in_chans}
-        if len(config.mean) != target:
-            config.mean = (list(config.mean) * target)[:target]
-            config.std = (list(config.std) * target)[:target]
-            config.bands = [f"band{i + 1}" for i in range(target)]
-    config.backbone = dataclasses.replace(config.backbone, in_chans=target)
+    config = config.with_bands(target)
     if task in ("detect", "change") and not config.fpn_channels:
         config.fpn_channels = 256
     if task in ("classify", "segment"):

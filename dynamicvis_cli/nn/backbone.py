@@ -18,7 +18,7 @@ Beyond the authors' code (which runs only at the size it was built for):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dynamicvis_cli.checkpoints.config import ModelConfig
 from dynamicvis_cli.checkpoints.import_authors import convert, import_checkpoint, read_source

@@ -7,13 +7,11 @@ the engine, files, coordinates and errors, not accuracy.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import geopandas as gpd
-import numpy as np
 import pytest
 import rasterio
 

@@ -13,7 +13,7 @@ times instead of L, each step working on a (batch, d, n_chunks, d_state) slab:
    (the decays are recomputed, so no tensor of size L × d_state is ever stored).
 
 Why this shape: Mamba v1's decays depend on the state index, so the matmul ("SSD") form needs
-(T × T × d_state) decay matrices per chunk and measured ~10x slower than a loop; products of
+(T × T × d_state) decay matrices per chunk (~10x slower than a loop, as measured in DESIGN.md §5); products of
 decays in ``(0, 1]`` never overflow; and slab-sized tensors stay in cache instead of streaming
 (and page-faulting) L × d_state arrays through memory. Log-decays are floored at LOG_FLOOR so no
 decay is subnormal (subnormal arithmetic is ~10x slower on x86); that changes results by less
