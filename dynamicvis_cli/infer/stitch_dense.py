@@ -1,10 +1,12 @@
-"""Dense per-pixel outputs (logits, probabilities) from overlapping tiles → one scene, band by band.
+"""Dense per-pixel outputs (logits, probabilities) from overlapping tiles → one scene, block by block.
 
-Tiles arrive in the planner's row-major order. Only the rows the current tile row can still
-touch are held: once the first tile of tile-row ``i`` arrives, no later tile reaches above
-``row_starts[i]``, so everything above it is finished and handed to ``emit`` as a full-width
-band. The accumulator is ``min(tile, height)`` rows × ``width`` × ``channels``, whatever the
-scene's height, and the writer gets the scene window by window.
+Tiles arrive in the planner's row-major order, so a pixel is final once the last tile that covers
+it (in that order) has arrived. Sums are kept in small blocks ("cells") that are allocated when a
+tile first touches them and emitted, then freed, as soon as they are final. What is held at any
+time is the strip that the current tile row shares with the next one (about ``overlap`` rows ×
+the scene width) plus about one tile: memory does not depend on the scene's height, and on its
+width only through that thin strip, which is what lets a 40,000-pixel-wide scene run in the same
+memory as a 5,000-pixel one.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def axis_weights(start: int, size: int, tile: int, overlap: int, mode: Mode) -> 
       weight (never 0, so each covered pixel keeps some weight).
     - ``"crop"``: 1 on the tile's centre, 0 on the ``overlap // 2`` pixels of an interior near
       side and the ``overlap - overlap // 2`` pixels of an interior far side. Neighbours' kept
-      parts then meet without a gap (they overlap where the last tile was shifted back), and a
+      parts then meet without a gap (they overlap where tiles sit closer than the stride), and a
       model whose receptive field reaches at most ``overlap // 2`` pixels gives the whole-image
       result.
 
@@ -76,21 +78,27 @@ def axis_weights(start: int, size: int, tile: int, overlap: int, mode: Mode) -> 
 
 
 class DenseStitcher:
-    """Weighted average of overlapping tile outputs, emitted as finished full-width row bands.
+    """Weighted average of overlapping tile outputs, emitted block by block as it becomes final.
 
     Each scene pixel gets ``Σ w·v / Σ w`` over the tiles that cover it, with ``w`` from
     :func:`axis_weights` (outer product of the row and column weights) times the tile's valid
     mask. Pixels with no weight (invalid in every tile, or in skipped tiles) come out as NaN.
-    Sums are kept in float64 so that a pixel that all tiles agree on comes out bit-identical.
+    With float64 sums (the default) a pixel that all tiles agree on comes out bit-identical.
 
-    Bands: when tile-row ``i + 1`` starts (or on :meth:`close`), rows
-    ``row_starts[i] … row_starts[i + 1] - 1`` (to the scene's last row for the last tile row) are
-    emitted. Bands are in order, cover every scene row exactly once and are at most ``tile`` rows.
+    Cells: rows are cut at every tile start and every tile end, columns at every tile start, so
+    each cell has a single *last* covering tile, ``(I, J)``; the cell is final once the tile
+    added is ``(I, J)`` or later in row-major order (tiles may be skipped). Final cells of one row
+    interval are gathered until they are at least ``emit_columns`` wide (or the interval is
+    complete) and emitted as windows of at most ``emit_columns`` columns. Emitted windows never
+    overlap and together cover the scene exactly once; within a row interval they go left to
+    right, and intervals start in top-to-bottom order.
 
     Attributes:
         grid: the tile plan the tiles must come from.
-        accumulator_nbytes: bytes held for sums and weights, fixed at construction:
-            ``8 · (channels + 1) · min(tile, height) · width``, independent of the scene height.
+        held_nbytes: bytes of sums and weights held now.
+        peak_nbytes: the most ever held: about ``itemsize · (channels + 1) · (carry · width +
+            2 · tile²)``, with ``carry = tile - (smallest tile step)`` rows (the overlap, or a
+            little more where the planner spread the tiles), independent of the scene height.
     """
 
     def __init__(
@@ -106,7 +114,7 @@ class DenseStitcher:
         accumulate: str = "float64",
         emit_columns: int | None = None,
     ) -> None:
-        """Prepare an empty accumulator.
+        """Prepare an empty stitcher.
 
         Args:
             height: scene rows.
@@ -115,12 +123,12 @@ class DenseStitcher:
             tile: tile side the tiles were planned with.
             overlap: overlap the tiles were planned with.
             mode: "blend" (tapered weights) or "crop" (centre parts only); see :func:`axis_weights`.
-            emit: called with each finished band ``(Window(0, row, width, rows), (channels, rows,
-                width) float32)``.
+            emit: called with each final block ``(Window(col, row, cols, rows), (channels, rows,
+                cols) float32)``.
             accumulate: dtype of the sums, "float64" (pointwise results bit-exact) or "float32"
                 (half the memory; relative error ~1e-7).
-            emit_columns: emit each band in pieces at most this many columns wide (same rows,
-                left to right), so the caller's per-piece temporaries stay small on wide scenes.
+            emit_columns: gather final cells until this wide, and emit pieces at most this wide;
+                None emits every final run of cells at once, in one piece.
 
         Raises:
             DvisUsageError: invalid sizes, tiling or mode.
@@ -130,30 +138,33 @@ class DenseStitcher:
             raise DvisUsageError(f"stitching mode {mode!r}: expected one of {', '.join(MODES)}")
         if channels < 1:
             raise DvisUsageError(f"{channels} output channels: need at least 1")
-        self.grid = TileGrid.plan(height, width, tile, overlap)
+        if accumulate not in ("float64", "float32"):
+            raise DvisUsageError(f"accumulate={accumulate!r}: expected float64 or float32")
+        if emit_columns is not None and emit_columns < 1:
+            raise DvisUsageError(f"emit_columns={emit_columns}: must be at least 1")
+        self.grid = grid = TileGrid.plan(height, width, tile, overlap)
         self.channels = channels
         self.mode: Mode = mode
         self._emit = emit
-        buffer_rows = min(tile, height)
-        if accumulate not in ("float64", "float32"):
-            raise DvisUsageError(f"accumulate={accumulate!r}: expected float64 or float32")
-        self._sum = np.zeros((channels, buffer_rows, width), dtype=accumulate)
-        self._weight = np.zeros((buffer_rows, width), dtype=accumulate)
-        self._emit_columns = emit_columns or width
-        self.accumulator_nbytes = self._sum.nbytes + self._weight.nbytes
-        self._row_weights = [
-            axis_weights(s, height, tile, overlap, mode) for s in self.grid.row_starts
-        ]
-        self._col_weights = [
-            axis_weights(s, width, tile, overlap, mode) for s in self.grid.col_starts
-        ]
-        self._top = 0  # scene row held in buffer row 0
-        self._next_band = 0  # tile row whose band is emitted next
+        self._dtype = np.dtype(accumulate)
+        self._emit_columns = emit_columns
+        self._row_weights = [axis_weights(s, height, tile, overlap, mode) for s in grid.row_starts]
+        self._col_weights = [axis_weights(s, width, tile, overlap, mode) for s in grid.col_starts]
+        # Row intervals [a, b) between consecutive tile starts/ends, each with its last tile row.
+        cuts = sorted({0, height, *grid.row_starts, *(min(r + tile, height) for r in grid.row_starts)})
+        self._rows = [(a, b, _last_start(grid.row_starts, a)) for a, b in zip(cuts, cuts[1:])]
+        # Column cells [c_J, c_J+1): the last tile column covering cell J is J.
+        self._cols = list(zip(grid.col_starts, (*grid.col_starts[1:], width)))
+        self._cells: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._emitted = [0] * len(self._rows)  # per row interval: column cells emitted so far
+        self._first_open = 0  # first row interval not completely emitted
+        self.held_nbytes = 0
+        self.peak_nbytes = 0
         self._last = (-1, -1)  # (tile row, tile column) of the last tile added
         self._closed = False
 
     def add(self, window: Window, values: ArrayLike, valid: ArrayLike | None = None) -> None:
-        """Accumulate one tile.
+        """Accumulate one tile, then emit what it made final.
 
         Tiles must come in :func:`~dynamicvis_cli.infer.tiling.plan_tiles` order; tiles may be
         skipped (e.g. all-nodata ones), their pixels then get no weight from them.
@@ -183,7 +194,6 @@ class DenseStitcher:
             raise DvisUsageError(
                 f"tile {window!r}: values have shape {data.shape}, expected {expected}"
             )
-        self._flush_until(i)
         row, col = grid.row_starts[i], grid.col_starts[j]
         h, w = min(grid.tile, grid.height - row), min(grid.tile, grid.width - col)
         weight = np.outer(self._row_weights[i][:h], self._col_weights[j][:w])
@@ -196,15 +206,27 @@ class DenseStitcher:
             weight *= mask[:h, :w]
         # Zero the unweighted values first: a NaN in padding or nodata would survive 0 · NaN.
         contribution = np.where(weight > 0, data[:, :h, :w], 0.0) * weight
-        top = row - self._top  # always 0: the flush above moved the buffer to this tile row
-        self._sum[:, top : top + h, col : col + w] += contribution
-        self._weight[top : top + h, col : col + w] += weight
+        for k in range(self._first_open, len(self._rows)):
+            a, b, _ = self._rows[k]
+            if a >= row + h:
+                break
+            if b <= row:
+                continue
+            for cell in range(j, len(self._cols)):
+                c0, c1 = self._cols[cell]
+                x0, x1 = max(c0, col), min(c1, col + w)
+                if x0 >= x1:
+                    break
+                sums, weights = self._cell(k, cell)
+                sums[:, :, x0 - c0 : x1 - c0] += contribution[:, a - row : b - row, x0 - col : x1 - col]
+                weights[:, x0 - c0 : x1 - c0] += weight[a - row : b - row, x0 - col : x1 - col]
         self._last = (i, j)
+        self._emit_final(i, j)
 
     def close(self) -> None:
-        """Emit every row not emitted yet; further :meth:`add` calls are errors. Idempotent."""
+        """Emit every cell not emitted yet; further :meth:`add` calls are errors. Idempotent."""
         if not self._closed:
-            self._flush_until(len(self.grid.row_starts))
+            self._emit_final(len(self.grid.row_starts), 0)
             self._closed = True
 
     def __enter__(self) -> DenseStitcher:
@@ -216,31 +238,62 @@ class DenseStitcher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # After a failure the remaining rows are incomplete: emitting them would write a
+        # After a failure the remaining cells are incomplete: emitting them would write a
         # plausible-looking but wrong output.
         if exc_type is None:
             self.close()
 
-    def _flush_until(self, tile_row: int) -> None:
-        """Emit the bands of all tile rows before ``tile_row``."""
-        starts = self.grid.row_starts
-        while self._next_band < tile_row:
-            k = self._next_band
-            end = starts[k + 1] if k + 1 < len(starts) else self.grid.height
-            self._emit_top(end - self._top)
-            self._next_band += 1
+    # -- cells ---------------------------------------------------------------------------------
 
-    def _emit_top(self, rows: int) -> None:
-        """Emit the buffer's first ``rows`` rows and move the rest up."""
-        for c0 in range(0, self.grid.width, self._emit_columns):
-            c1 = min(c0 + self._emit_columns, self.grid.width)
-            weight = self._weight[:rows, c0:c1]
-            out = np.full((self.channels, rows, c1 - c0), np.nan, dtype=np.float32)
-            np.divide(self._sum[:, :rows, c0:c1], weight, out=out, where=weight > 0, casting="same_kind")
-            self._emit(Window(c0, self._top, c1 - c0, rows), out)
-        # numpy copies through a temporary when source and destination overlap.
-        self._sum[:, :-rows] = self._sum[:, rows:]
-        self._sum[:, -rows:] = 0.0
-        self._weight[:-rows] = self._weight[rows:]
-        self._weight[-rows:] = 0.0
-        self._top += rows
+    def _cell(self, k: int, cell: int) -> tuple[np.ndarray, np.ndarray]:
+        found = self._cells.get((k, cell))
+        if found is None:
+            a, b, _ = self._rows[k]
+            c0, c1 = self._cols[cell]
+            found = (np.zeros((self.channels, b - a, c1 - c0), dtype=self._dtype),
+                     np.zeros((b - a, c1 - c0), dtype=self._dtype))
+            self._cells[(k, cell)] = found
+            self.held_nbytes += found[0].nbytes + found[1].nbytes
+            self.peak_nbytes = max(self.peak_nbytes, self.held_nbytes)
+        return found
+
+    def _emit_final(self, i: int, j: int) -> None:
+        """Emit the cells made final by tile ``(i, j)`` (``(rows, 0)``: everything)."""
+        ncols = len(self._cols)
+        for k in range(self._first_open, len(self._rows)):
+            last_row = self._rows[k][2]
+            if last_row > i:
+                break
+            final = ncols if last_row < i else j + 1  # column cells of interval k now final
+            start = self._emitted[k]
+            width = self._cols[final - 1][1] - self._cols[start][0] if final > start else 0
+            complete = final == ncols
+            if width and (complete or self._emit_columns is None or width >= self._emit_columns):
+                self._emit_run(k, start, final)
+                self._emitted[k] = final
+            if complete and self._emitted[k] == ncols and k == self._first_open:
+                self._first_open += 1
+
+    def _emit_run(self, k: int, start: int, stop: int) -> None:
+        """Emit column cells ``start … stop - 1`` of row interval ``k`` and free them."""
+        a, b, _ = self._rows[k]
+        x0, x1 = self._cols[start][0], self._cols[stop - 1][1]
+        out = np.full((self.channels, b - a, x1 - x0), np.nan, dtype=np.float32)
+        for cell in range(start, stop):
+            found = self._cells.pop((k, cell), None)
+            if found is None:  # no tile gave this cell weight (all skipped)
+                continue
+            sums, weights = found
+            c0, c1 = self._cols[cell]
+            np.divide(sums, weights, out=out[:, :, c0 - x0 : c1 - x0], where=weights > 0,
+                      casting="same_kind")
+            self.held_nbytes -= sums.nbytes + weights.nbytes
+        piece = self._emit_columns or (x1 - x0)
+        for p0 in range(0, x1 - x0, piece):
+            p1 = min(p0 + piece, x1 - x0)
+            self._emit(Window(x0 + p0, a, p1 - p0, b - a), out[:, :, p0:p1])
+
+
+def _last_start(starts: tuple[int, ...], position: int) -> int:
+    """Index of the last start at or before ``position`` (the last tile covering it)."""
+    return max(i for i, s in enumerate(starts) if s <= position)

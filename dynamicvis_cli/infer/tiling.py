@@ -35,15 +35,17 @@ def axis_starts(size: int, tile: int, overlap: int) -> list[int]:
 
     - :math:`n \le t`: one tile at 0. It extends past the scene by :math:`t - n` pixels; the
       reader pads that part and it is marked invalid, so the model always sees full-size input.
-    - :math:`n > t`: :math:`k = \lceil (n - t) / s \rceil + 1` tiles at
-      :math:`0, s, 2s, \dots, (k-2)s` and a last one at :math:`n - t`.
+    - :math:`n > t`: :math:`k = \lceil (n - t) / s \rceil + 1` tiles, spread evenly from 0 to
+      :math:`n - t`: tile :math:`i` at :math:`\lfloor i (n - t) / (k - 1) \rfloor`.
 
     The count uses ceil, not floor (as TorchGeo's ``tile_to_chips`` does), so the remainder that a
-    multiple of the stride leaves at the far edge still gets a tile. That last tile is shifted back
-    to end exactly at the scene edge (as SAHI's ``get_slice_bboxes`` does) instead of running past
-    it: every tile is then full-size and inside the scene, no model input is mostly padding, and
-    the last overlap is *at least* ``overlap`` (larger when the scene is not a multiple of the
-    stride), which keeps the stitchers' assumptions true.
+    multiple of the stride leaves at the far edge still gets a tile. Every tile is full-size and
+    inside the scene (as SAHI's ``get_slice_bboxes`` arranges by shifting its last tile back), but
+    the slack is spread over all steps instead of piling up in the last one: every step is at most
+    :math:`s` (so neighbours share at least the overlap) and the steps differ by at most one
+    pixel. That keeps the overlap between any two tile rows close to ``overlap``, which is what
+    bounds the dense stitcher's memory on wide scenes (a last tile shifted back by up to
+    :math:`s - 1` pixels would make one overlap nearly a whole tile).
 
     Args:
         size: scene length along the axis, in pixels (≥ 1).
@@ -62,10 +64,10 @@ def axis_starts(size: int, tile: int, overlap: int) -> list[int]:
     if size <= tile:
         return [0]
     stride = tile - overlap
-    count = math.ceil((size - tile) / stride) + 1
-    # (count - 2) * stride < size - tile by the ceil above, so the min only moves the last tile
-    # and the offsets stay strictly increasing.
-    return [min(i * stride, size - tile) for i in range(count)]
+    steps = math.ceil((size - tile) / stride)
+    # steps >= (size - tile) / stride, so each step is at most the stride; and size - tile >=
+    # steps (stride >= 1), so each step is at least one pixel: offsets strictly increase.
+    return [i * (size - tile) // steps for i in range(steps + 1)]
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,9 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Window]
     """Tiles covering a ``height`` × ``width`` scene, in row-major order.
 
     Every tile is ``tile`` × ``tile`` pixels. Along each axis the offsets follow
-    :func:`axis_starts`: stride ``tile - overlap``, the last tile shifted back to end at the scene
-    edge, or a single tile at 0 that extends past a scene smaller than one tile (the reader pads
-    it). Every scene pixel lies in at least one tile.
+    :func:`axis_starts`: spread evenly from 0 to the scene edge with steps of at most ``tile -
+    overlap``, or a single tile at 0 that extends past a scene smaller than one tile (the reader
+    pads it). Every scene pixel lies in at least one tile.
 
     Args:
         height: scene rows (≥ 1).

@@ -15,7 +15,7 @@ from dynamicvis_cli.infer.stitch_boxes import BoxMerger, Detections
 from dynamicvis_cli.infer.tiling import plan_tiles
 
 SCENE = 400  # OSBS_029.tif is 400 x 400 pixels
-TILE, OVERLAP = 160, 64  # tiles at 0, 96, 192, 240; the trees are at most 64 px across
+TILE, OVERLAP = 160, 64  # tiles at 0, 80, 160, 240; the trees are at most 64 px across
 
 
 @pytest.fixture(scope="module")
@@ -247,16 +247,16 @@ def test_a_suppression_chain_across_a_tile_row_change_is_decided_as_one_nms() ->
     """X < Y < B < C in score, each overlapping the next by IoU 1/3 (stacked 20-px boxes).
 
     One NMS keeps C, drops B, so keeps Y, which drops X. X, Y, B arrive in the first tile row; when
-    the second row starts at row 96, X and Y are closed but depend on B, which depends on C.
+    the second row starts at row 80, X and Y are closed but depend on B, which depends on C.
     """
-    rows = {"X": (66, 86), "Y": (76, 96), "B": (86, 106), "C": (96, 116)}
+    rows = {"X": (50, 70), "Y": (60, 80), "B": (70, 90), "C": (80, 100)}
     box = {k: [100.0, y0, 120.0, y1] for k, (y0, y1) in rows.items()}
     merger = BoxMerger(
         SCENE, SCENE, tile=TILE, overlap=OVERLAP, iou_threshold=0.3, edge_margin=0, max_pending=0
     )
     merger.add(Window(0, 0, TILE, TILE), [box["X"], box["Y"], box["B"]], [0.6, 0.7, 0.8], [0, 0, 0])
-    c = np.array(box["C"]) - [0, 96, 0, 96]
-    merger.add(Window(0, 96, TILE, TILE), [c], [0.9], [0])
+    c = np.array(box["C"]) - [0, 80, 0, 80]
+    merger.add(Window(0, 80, TILE, TILE), [c], [0.9], [0])
     result = merger.result()
     np.testing.assert_array_equal(result.boxes, [box["C"], box["Y"]])
     everything = np.array([box[k] for k in "XYBC"])
@@ -291,16 +291,16 @@ def test_boxes_are_clipped_to_their_tile_and_the_scene() -> None:
     np.testing.assert_array_equal(result.boxes, [[120, 90, 137, 100], [0, 0, 10, 10]])
     # Inner tiles: a box reaching past its tile is cut at the tile, then shifted into the scene.
     merger = BoxMerger(SCENE, SCENE, tile=TILE, overlap=OVERLAP, edge_margin=0)
-    merger.add(Window(96, 96, TILE, TILE), [[10.0, 20.0, 170.0, 30.0]], [0.9], [1])
-    np.testing.assert_array_equal(merger.result().boxes, [[106, 116, 256, 126]])
+    merger.add(Window(80, 80, TILE, TILE), [[10.0, 20.0, 170.0, 30.0]], [0.9], [1])
+    np.testing.assert_array_equal(merger.result().boxes, [[90, 100, 240, 110]])
 
 
 def test_masks_follow_their_boxes_cropped(trees: np.ndarray) -> None:
     merger = BoxMerger(SCENE, SCENE, tile=TILE, overlap=OVERLAP)
-    window = Window(96, 96, TILE, TILE)
-    inside = trees[(trees[:, :2] >= 100).all(1) & (trees[:, 2:] <= 250).all(1)]
+    window = Window(80, 80, TILE, TILE)
+    inside = trees[(trees[:, :2] >= 84).all(1) & (trees[:, 2:] <= 236).all(1)]
     assert len(inside) >= 3
-    local = inside - [96, 96, 96, 96]
+    local = inside - [80, 80, 80, 80]
     masks = np.zeros((len(local), TILE, TILE), dtype=bool)
     for m, (x0, y0, x1, y1) in zip(masks, local.astype(int), strict=True):
         m[y0:y1, x0:x1] = True
@@ -323,7 +323,7 @@ def test_misuse_is_a_usage_error() -> None:
 
     one = (np.array([[1.0, 1.0, 5.0, 5.0]]), [0.9], [0])
     merger = make()
-    merger.add(Window(0, 24, 32, 32), *one)
+    merger.add(Window(0, 22, 32, 32), *one)
     with pytest.raises(DvisUsageError, match="plan_tiles order"):
         merger.add(Window(0, 0, 32, 32), *one)
     with pytest.raises(DvisUsageError, match="not a tile"):
@@ -333,9 +333,9 @@ def test_misuse_is_a_usage_error() -> None:
     merger = make()
     merger.add(Window(0, 0, 32, 32), *one)
     with pytest.raises(DvisUsageError, match="masks for every tile or for none"):
-        merger.add(Window(24, 0, 32, 32), *one, np.ones((1, 32, 32), dtype=bool))
+        merger.add(Window(21, 0, 32, 32), *one, np.ones((1, 32, 32), dtype=bool))
     merger.result()
     with pytest.raises(DvisUsageError, match="after its result"):
-        merger.add(Window(24, 0, 32, 32), *one)
+        merger.add(Window(21, 0, 32, 32), *one)
     with pytest.raises(DvisUsageError, match="--iou-threshold 1.5"):
         BoxMerger(100, 137, tile=32, overlap=8, iou_threshold=1.5)

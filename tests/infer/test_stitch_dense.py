@@ -1,4 +1,4 @@
-"""Dense stitching: tiled result = whole-image result, bands emitted in order, bounded memory."""
+"""Dense stitching: tiled result = whole-image result, blocks emitted once each, bounded memory."""
 
 from __future__ import annotations
 
@@ -83,7 +83,8 @@ def tiled(
 
     def emit(window: Window, array: np.ndarray) -> None:
         assert array.dtype == np.float32 and array.shape == (4, window.height, window.width)
-        out[:, window.row_off : window.row_off + window.height] = array
+        rows = slice(window.row_off, window.row_off + window.height)
+        out[:, rows, window.col_off : window.col_off + window.width] = array
         bands.append(window)
 
     with DenseStitcher(height, width, 4, tile=tile, overlap=overlap, mode=mode, emit=emit) as st:
@@ -159,17 +160,21 @@ def test_pointwise_model_is_reproduced_exactly(
 
 @pytest.mark.parametrize("mode", ["blend", "crop"])
 @pytest.mark.parametrize(("tile", "overlap", "height", "width"), CASES)
-def test_bands_cover_every_row_once_in_order_and_at_most_a_tile_tall(
+def test_blocks_cover_every_pixel_once_and_are_at_most_a_tile(
     rgb_byte_tif: Path, mode: Mode, tile: int, overlap: int, height: int, width: int
 ) -> None:
     image, _ = read(rgb_byte_tif, Window(300, 300, width, height))
-    _, bands = tiled(image, pointwise_model, tile=tile, overlap=overlap, mode=mode)
-    row = 0
-    for band in bands:
-        assert (band.row_off, band.col_off, band.width) == (row, 0, width)
-        assert 1 <= band.height <= tile
-        row += band.height
-    assert row == height
+    _, blocks = tiled(image, pointwise_model, tile=tile, overlap=overlap, mode=mode)
+    seen = np.zeros((height, width), dtype=int)
+    for b in blocks:
+        assert 1 <= b.height <= tile and b.width >= 1
+        seen[b.row_off : b.row_off + b.height, b.col_off : b.col_off + b.width] += 1
+    assert (seen == 1).all()
+    firsts = list(dict.fromkeys(b.row_off for b in blocks))
+    assert firsts == sorted(firsts)  # row intervals start top to bottom...
+    for row in firsts:  # ...and each is finished left to right
+        cols = [b.col_off for b in blocks if b.row_off == row]
+        assert cols == sorted(cols)
 
 
 def test_nodata_pixels_get_no_weight_and_come_out_nan_where_nothing_valid_covers_them(
@@ -189,16 +194,12 @@ def test_a_tile_invalid_in_its_overlap_leaves_the_neighbour_to_decide(rgb_byte_t
     image, _ = read(rgb_byte_tif, Window(300, 300, 137, 100))
     # Tile A's values there are NaN (as from NaN nodata) and marked invalid; B covers them.
     height, width, tile, overlap = 100, 137, 32, 8
-    got: dict[int, np.ndarray] = {}
-    st = DenseStitcher(
-        height,
-        width,
-        1,
-        tile=tile,
-        overlap=overlap,
-        mode="blend",
-        emit=lambda w, a: got.__setitem__(w.row_off, a),
-    )
+    out = np.full((1, height, width), np.nan, dtype=np.float32)
+
+    def emit(w: Window, a: np.ndarray) -> None:
+        out[:, w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width] = a
+
+    st = DenseStitcher(height, width, 1, tile=tile, overlap=overlap, mode="blend", emit=emit)
     truth = image[:1].numpy()
     for w in plan_tiles(height, width, tile, overlap):
         values = np.zeros((1, tile, tile), dtype=np.float32)
@@ -210,29 +211,47 @@ def test_a_tile_invalid_in_its_overlap_leaves_the_neighbour_to_decide(rgb_byte_t
             valid[:, 24:] = False
         st.add(w, values, valid)
     st.close()
-    out = np.concatenate([got[k] for k in sorted(got)], axis=1)
     np.testing.assert_array_equal(out, truth)
 
 
 def test_skipped_tiles_leave_nan_only_where_no_other_tile_reaches(rgb_byte_tif: Path) -> None:
     image, _ = read(rgb_byte_tif, Window(300, 300, 137, 100))
-    skipped = Window(48, 24, 32, 32)  # an inner tile; its neighbours cover all but its centre
+    skipped = Window(42, 22, 32, 32)  # inner tile (1, 2); its neighbours cover all but its centre
     out, bands = tiled(
         image, pointwise_model, tile=32, overlap=8, mode="crop", skip=lambda w: w == skipped
     )
-    assert sum(b.height for b in bands) == 100
+    assert sum(b.height * b.width for b in bands) == 100 * 137
     nan = np.isnan(out[0])
-    # Crop mode: neighbours keep up to overlap - overlap // 2 = 4 px into the skipped tile.
-    assert nan[28:52, 52:76].all() and nan.sum() == 24 * 24
+    # Crop mode keeps all but 4 px at each interior side; with rows at 0, 22, 45 and columns at
+    # 21, 42, 63 only tile (1, 2) keeps rows 28..48 and columns 49..66.
+    assert nan[28:49, 49:67].all() and nan.sum() == 21 * 18
 
 
-def test_accumulator_does_not_grow_with_scene_height() -> None:
-    sizes = {
-        h: DenseStitcher(h, 300, 4, tile=64, overlap=16, emit=lambda w, a: None).accumulator_nbytes
-        for h in (100, 1000, 40_000)
-    }
-    assert len(set(sizes.values())) == 1
-    assert sizes[100] == 8 * 5 * 64 * 300
+def held_bytes(height: int, width: int, *, tile: int = 64, overlap: int = 16) -> int:
+    """The stitcher's own peak of held sums and weights over a whole scene (4 channels)."""
+    values = np.ones((4, tile, tile), dtype=np.float32)
+    st = DenseStitcher(height, width, 4, tile=tile, overlap=overlap, emit=lambda w, a: None,
+                       emit_columns=256)
+    for w in plan_tiles(height, width, tile, overlap):
+        st.add(w, values)
+    st.close()
+    assert st.held_nbytes == 0  # everything emitted and freed
+    return st.peak_nbytes
+
+
+def test_held_memory_does_not_grow_with_scene_height() -> None:
+    sizes = {h: held_bytes(h, 300) for h in (100, 1000, 20_000)}
+    assert sizes[1000] == sizes[20_000]
+
+
+def test_held_memory_on_wide_scenes_is_a_thin_strip_not_a_tile_row() -> None:
+    tile, overlap, width = 64, 16, 20_000
+    held = held_bytes(1000, width, tile=tile, overlap=overlap)
+    steps = np.diff(TileGrid.plan(1000, width, tile, overlap).row_starts)
+    carry = tile - steps.min()  # rows the next tile row still adds to
+    strip = 8 * 5 * carry * width  # float64 sums of 4 channels + weights
+    assert held <= strip + 8 * 5 * (2 * tile * tile + tile * (256 + tile))
+    assert held < 0.4 * 8 * 5 * tile * width  # a whole tile row held would be 2.5x more
 
 
 def peak_traced_bytes(height: int) -> int:
@@ -294,8 +313,9 @@ def test_axis_weights_match_the_reference(mode: Mode, size: int, tile: int, over
 
 
 def test_blend_weights_are_one_at_the_scene_border_and_sum_to_one_at_the_stride() -> None:
-    size, tile, overlap = 137, 32, 12
+    size, tile, overlap = 132, 32, 12  # (132 - 32) / 20: the tiles sit exactly at the stride
     starts = TileGrid.plan(size, size, tile, overlap).row_starts
+    assert starts[1] == tile - overlap
     first = axis_weights(starts[0], size, tile, overlap, "blend")
     last = axis_weights(starts[-1], size, tile, overlap, "blend")
     assert first[0] == 1.0 and last[-1] == 1.0
@@ -316,7 +336,7 @@ def test_misuse_is_a_usage_error() -> None:
     with pytest.raises(DvisUsageError, match="--overlap 32"):
         DenseStitcher(100, 137, 2, tile=32, overlap=32, emit=lambda w, a: None)
     st = make()
-    st.add(Window(24, 0, 32, 32), values)
+    st.add(Window(21, 0, 32, 32), values)
     with pytest.raises(DvisUsageError, match="plan_tiles order"):
         st.add(Window(0, 0, 32, 32), values)
     with pytest.raises(DvisUsageError, match="not a tile"):
@@ -339,8 +359,10 @@ def test_a_failure_inside_the_with_block_emits_nothing_more() -> None:
         DenseStitcher(100, 137, 1, tile=32, overlap=8, emit=lambda w, a: bands.append(w)) as st,
     ):
         st.add(Window(0, 0, 32, 32), np.zeros((1, 32, 32), dtype=np.float32))
+        final = list(bands)  # only what no later tile touches: the top-left cell
+        assert final == [Window(0, 0, 21, 22)]
         raise RuntimeError("model failed")
-    assert bands == []
+    assert bands == final
 
 
 @pytest.mark.parametrize("columns", [7, 40, 1000])

@@ -78,8 +78,8 @@ def test_counts_follow_the_ceil_formula(height: int, width: int, tile: int, over
 @pytest.mark.parametrize(
     ("size", "tile", "overlap", "starts"),
     [
-        (100, 32, 8, [0, 24, 48, 68]),  # 72 would run past 100: shifted back to 68
-        (137, 32, 12, [0, 20, 40, 60, 80, 100, 105]),
+        (100, 32, 8, [0, 22, 45, 68]),  # 3 steps of at most 24 spread over 68
+        (137, 32, 12, [0, 17, 35, 52, 70, 87, 105]),
         (96, 32, 0, [0, 32, 64]),  # divides: nothing shifted
         (104, 32, 8, [0, 24, 48, 72]),  # (104 - 32) / 24 = 3 exactly
         (20, 32, 8, [0]),  # smaller than a tile: one padded tile
@@ -99,6 +99,7 @@ def test_neighbours_share_at_least_the_overlap(
     for starts in (grid.row_starts, grid.col_starts):
         gaps = np.diff(starts)
         assert (gaps >= 1).all() and (gaps <= tile - overlap).all()
+        assert len(gaps) == 0 or gaps.max() - gaps.min() <= 1  # the slack is spread evenly
 
 
 def test_plans_for_the_real_geotiffs(geotiff_manifest_csv: Path) -> None:
