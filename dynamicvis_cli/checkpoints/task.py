@@ -1,4 +1,4 @@
-"""Load a task model (classify, segment, detect, change) from a name or checkpoint.
+"""Load a task model (classify, segment, detect, instance, change) from a name or checkpoint.
 
 Weights can come whole from a task checkpoint, or partly: a backbone checkpoint (for example an
 imported authors' checkpoint) gives the trunk and the head starts random. Anything random must be
@@ -23,6 +23,10 @@ from dynamicvis_cli.checkpoints.store import read_weights
 from dynamicvis_cli.errors import CheckpointError, DvisUsageError
 from dynamicvis_cli.nn.adapt import adapt_input_conv
 from dynamicvis_cli.nn.tasks import TASKS, build_task_model
+
+#: Tasks whose torchvision detector counts background as class 0, and where their trunk's
+#: weights sit in the task model's state dict.
+_BACKGROUND_TASKS = {"detect": "fcos.backbone.body.", "instance": "maskrcnn.backbone.body."}
 
 
 @dataclasses.dataclass
@@ -102,19 +106,19 @@ def load_task_model(
         config.tile_size = tile_size
     target = in_chans or config.backbone.in_chans
     config = config.with_bands(target)
-    if task in ("detect", "change") and not config.fpn_channels:
+    if task in ("detect", "instance", "change") and not config.fpn_channels:
         config.fpn_channels = 256
     if task in ("classify", "segment"):
         config.fpn_channels = None  # their heads read the backbone's stages, not the FPN
 
     trunk = build_model(config, scan_backend=scan_backend)
-    num = len(names) if task != "detect" else len(names) + 1  # FCOS counts background
+    num = len(names) + 1 if task in _BACKGROUND_TASKS else len(names)  # FCOS, Mask R-CNN: + background
     net = build_task_model(task, trunk, num, tile_size=config.tile_size, head=config.head)
     if location is not None:
         state: dict[str, Any] = {k: v.float() if v.is_floating_point() else v
                                  for k, v in read_weights(location).items()}
         if full:
-            prefix = "fcos.backbone.body." if task == "detect" else "trunk."
+            prefix = _BACKGROUND_TASKS.get(task, "trunk.")
             _adapt_stem(state, prefix, target, rgb_bands)
             load_state(net, state, source=location)  # type: ignore[arg-type]
         else:

@@ -21,6 +21,9 @@ def detect(
     model: o.ModelOpt = "base",
     classes: o.ClassesOpt = None,
     random_weights: o.RandomOpt = False,
+    masks: Annotated[bool, typer.Option(
+        "--masks", help="Instance masks as polygons: build a Mask R-CNN head on a backbone or random model "
+                        "(an instance model always gives masks).")] = False,
     threshold: o.ThresholdOpt = 0.3,
     iou_threshold: Annotated[float, typer.Option("--iou-threshold", min=0.0, max=1.0, help="NMS IoU threshold.")] = 0.5,
     max_detections: Annotated[int | None, typer.Option("--max-detections", min=0, help="Keep the best N per scene.")] = None,
@@ -38,11 +41,12 @@ def detect(
     shard: o.ShardOpt = None,
     quiet: o.QuietOpt = False,
 ) -> None:
-    """Detect objects; write boxes as polygons (.geojson in lon/lat, .gpkg/.parquet/.fgb native CRS)."""
+    """Detect objects; write boxes (or instance masks) as polygons (.geojson in lon/lat, .gpkg/.parquet/.fgb
+    native CRS)."""
     from dynamicvis_cli.cli.common import run_scene_jobs
     from dynamicvis_cli.infer.batch import plan_jobs
     from dynamicvis_cli.infer.context import RunOptions
-    from dynamicvis_cli.infer.detect import detect_scene
+    from dynamicvis_cli.infer.detect import detect_scene, detect_task
 
     jobs = plan_jobs(inputs, output=output, out_dir=out_dir, template=name_template, shard_spec=shard)
     if quicklook is not None and len(jobs) > 1:
@@ -57,6 +61,7 @@ def detect(
                             iou_threshold=iou_threshold, max_detections=max_detections,
                             pixel_coords=pixel_coords, stretch=stretch, quicklook=quicklook)
 
-    run_scene_jobs("detect", "detect", jobs, skip_existing=skip_existing, quiet=quiet, run=run,
+    task = detect_task(model, masks=masks)  # "instance" for an instance model or --masks
+    run_scene_jobs("detect", task, jobs, skip_existing=skip_existing, quiet=quiet, run=run,
                    load={"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),
                          "random_weights": random_weights, "tile_size": tile_size, "device": device})

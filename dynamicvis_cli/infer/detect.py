@@ -6,24 +6,40 @@ centre falls on an invalid pixel (nodata, masked) is dropped: nodata areas never
 detections. Scene-pixel boxes become polygons through the raster's affine transform (four
 corners, so rotated grids stay right) in the raster's CRS; GeoJSON output is reprojected to
 lon/lat by the vector writer.
+
+Instance models (task ``instance``, Mask R-CNN) also predict a mask per detection. Merging is
+the same, on the boxes; each detection the tile rules admit has its mask (probability > 0.5,
+and only on valid pixels) turned into a polygon while its tile is at hand — pixel edges, holes
+kept, the largest 4-connected part when the mask falls apart — and that polygon rides with the
+box through the merge (:class:`BoxMerger`'s payload), so no tile-sized mask outlives its tile.
+One Polygon per detection keeps every layer a single geometry type. A detection whose mask is
+empty keeps its box polygon; the ``geometry_source`` column says which one each row has.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
-from shapely.geometry import Polygon
+import shapely
+import torch
+from affine import Affine
+from numpy.typing import NDArray
+from rasterio import features
+from rasterio.windows import Window
+from shapely.geometry import Polygon, shape
 
 from dynamicvis_cli.checkpoints.task import LoadedTaskModel
-from dynamicvis_cli.errors import NotGeoreferencedError
+from dynamicvis_cli.errors import DvisUsageError, NotGeoreferencedError
 from dynamicvis_cli.geo.crs import describe_crs, pixel_to_map
 from dynamicvis_cli.geo.read import RasterSource, percentile_stretch
 from dynamicvis_cli.geo.write_vector import write_vectors
 from dynamicvis_cli.infer.context import RunOptions, Timer, provenance, run_model, tiling
-from dynamicvis_cli.infer.runner import ReaderSpec, RunStats, TileDataset, iterate_batches, stack
+from dynamicvis_cli.infer.runner import ReaderSpec, RunStats, Tile, TileDataset, iterate_batches, stack
 from dynamicvis_cli.infer.stitch_boxes import BoxMerger
 from dynamicvis_cli.infer.tiling import plan_tiles
 
@@ -37,6 +53,102 @@ def boxes_to_polygons(boxes: np.ndarray, transform: Any) -> list[Polygon]:
         xs, ys = pixel_to_map(transform, cols, rows)
         polys.append(Polygon(zip(xs, ys)))
     return polys
+
+
+def mask_to_polygon(mask: NDArray[np.bool_], col_off: float, row_off: float,
+                    transform: Affine) -> Polygon | None:
+    """A boolean mask → its largest 4-connected part as a polygon in map coordinates.
+
+    Args:
+        mask: (h, w) bool; its pixel (r, c) is scene pixel (row_off + r, col_off + c).
+        col_off, row_off: scene-pixel position of the mask's top-left corner.
+        transform: the raster's pixel → map affine transform.
+
+    Returns:
+        The polygon along pixel edges (holes kept) in the raster's CRS, or None for an empty mask.
+    """
+    if not mask.any():
+        return None
+    shift = Affine.translation(col_off, row_off)  # mask pixels → scene pixels
+    parts = [shape(geom) for geom, _ in features.shapes(mask.astype(np.uint8), mask=mask,
+                                                        connectivity=4, transform=shift)]
+    largest = max(parts, key=lambda p: p.area)  # first of equals: shapes' raster order
+
+    def to_map(xy: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.column_stack(pixel_to_map(transform, xy[:, 0], xy[:, 1]))
+
+    poly: Polygon = shapely.transform(largest, to_map)
+    return poly
+
+
+def tile_mask_polygons(masks: torch.Tensor, valid: torch.Tensor, window: Window, transform: Affine,
+                       index: NDArray[np.intp]) -> list[Polygon | None]:
+    """Polygons of some of one tile's predicted masks (see :func:`mask_to_polygon`).
+
+    Args:
+        masks: (N, 1, h, w) mask probabilities in tile pixels, on any device.
+        valid: (h, w) bool, the tile's valid pixels; masks are cut to them.
+        window: the tile's scene window.
+        transform: the raster's pixel → map affine transform.
+        index: which of the N masks to convert.
+
+    Returns:
+        One polygon (or None for a mask with no pixel above 0.5) per index.
+    """
+    valid = valid.to(masks.device)
+    out: list[Polygon | None] = []
+    for k in index:
+        on = (masks[int(k), 0] > 0.5) & valid
+        rows = torch.nonzero(on.any(dim=1)).flatten()
+        cols = torch.nonzero(on.any(dim=0)).flatten()
+        if not len(rows):
+            out.append(None)
+            continue
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        crop = on[r0:r1, c0:c1].cpu().numpy()
+        out.append(mask_to_polygon(crop, window.col_off + c0, window.row_off + r0, transform))
+    return out
+
+
+def _mask_payload(masks: torch.Tensor, tile: Tile, kept: NDArray[np.intp],
+                  transform: Affine) -> Callable[[NDArray[np.intp]], list[Polygon | None]]:
+    """The merger's payload for one tile: ``index`` (into the ``kept`` detections) → polygons."""
+
+    def make(index: NDArray[np.intp]) -> list[Polygon | None]:
+        return tile_mask_polygons(masks, tile.valid, tile.window, transform, kept[index])
+
+    return make
+
+
+def detect_task(model: str | os.PathLike[str], *, masks: bool = False) -> str:
+    """The task ``dvis detect`` loads ``model`` for.
+
+    ``instance`` (boxes and masks) for an instance model, or when ``masks`` is asked for (a
+    backbone or random model then gets a Mask R-CNN head); else ``detect`` (FCOS, boxes).
+
+    Raises:
+        DvisUsageError: masks asked for with a box-only detection model.
+    """
+    from dynamicvis_cli.checkpoints.registry import resolve
+
+    config, _ = resolve(model)
+    if config.task == "instance":
+        return "instance"
+    if masks and config.task == "detect":
+        raise DvisUsageError(
+            f"{model}: a 'detect' model has no mask head; drop --masks or give an instance or backbone model"
+        )
+    return "instance" if masks else "detect"
+
+
+def _lower_score_floor(module: Any, threshold: float) -> None:
+    """Let the detector pass boxes down to the user's threshold (the merger applies it)."""
+    fcos = getattr(module, "fcos", None)
+    if fcos is not None:
+        fcos.score_thresh = min(threshold, 0.05)
+    maskrcnn = getattr(module, "maskrcnn", None)
+    if maskrcnn is not None:
+        maskrcnn.roi_heads.score_thresh = min(threshold, 0.05)
 
 
 def detect_scene(
@@ -53,13 +165,16 @@ def detect_scene(
     stretch: bool = False,
     quicklook: Path | None = None,
 ) -> dict[str, Any]:
-    """Detect objects in one scene and write them as polygons; returns the summary."""
+    """Detect objects in one scene and write them as polygons; returns the summary.
+
+    An instance model (``loaded.config.task == "instance"``) writes each detection's mask as its
+    polygon (see the module docstring).
+    """
     classes = loaded.config.classes
+    with_masks = loaded.config.task == "instance"
     tile, overlap = tiling(loaded, opts)
     device = opts.torch_device()
-    fcos = getattr(loaded.module, "fcos", None)
-    if fcos is not None:
-        fcos.score_thresh = min(threshold, 0.05)  # the merger applies the user's threshold
+    _lower_score_floor(loaded.module, threshold)
     with RasterSource(source) as src:
         if src.crs is None and not pixel_coords:
             raise NotGeoreferencedError(source, output)
@@ -83,19 +198,25 @@ def detect_scene(
                 labels = r["labels"].cpu().numpy()
                 # FCOS's class 0 is background (never a training target): not a detection.
                 keep = (valid[cy, cx] & (labels >= 1)) if len(boxes) else np.zeros(0, dtype=bool)
+                kept = np.flatnonzero(keep)
+                payload = _mask_payload(r["masks"], t, kept, src.transform) if with_masks else None
                 merger.add(t.window, boxes[keep], r["scores"].float().cpu().numpy()[keep],
-                           labels[keep] - 1)
+                           labels[keep] - 1, payload=payload)
             timer.lap("merge")
             if opts.progress:
                 opts.progress(min(stats.tiles, len(windows)), len(windows))
         det = merger.result()
-        geoms = boxes_to_polygons(det.boxes, src.transform)
+        mask_polys = det.payload if det.payload is not None else [None] * len(det)
+        from_mask = [p is not None for p in mask_polys]
+        box_polys = boxes_to_polygons(det.boxes, src.transform)
+        geoms = [m if m is not None else b for m, b in zip(mask_polys, box_polys)]
         gdf = gpd.GeoDataFrame(
             {
                 "class_id": det.labels.astype(int),
                 "class": [classes[i] if 0 <= i < len(classes) else str(i) for i in det.labels],
                 "score": det.scores.astype(float),
                 "x1": det.boxes[:, 0], "y1": det.boxes[:, 1], "x2": det.boxes[:, 2], "y2": det.boxes[:, 3],
+                "geometry_source": ["mask" if m else "box" for m in from_mask],
             },
             geometry=geoms, crs=src.crs,
         )
@@ -110,6 +231,7 @@ def detect_scene(
             "input": str(source), "output": str(output), "crs": describe_crs(src.crs),
             "quicklook": str(quicklook) if quicklook else None,
             "detections": int(len(det.scores)), "per_class": counts, "threshold": threshold,
+            "masks": with_masks, "mask_polygons": int(sum(from_mask)),
             "tiles": stats.tiles, "tiles_skipped_nodata": stats.skipped_invalid,
             "tile_size": tile, "overlap": overlap, "bands": bands, "seconds": timer.seconds,
             "provenance": provenance(loaded, [Path(source)], bands=bands, command="detect"),

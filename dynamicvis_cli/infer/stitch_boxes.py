@@ -25,12 +25,18 @@ set. The result is the same as one NMS over the whole scene, only the pending se
 
 Order. Boxes are ranked by score, ties broken by position (y1, x1, y2, x2) and label, so equal
 scores give the same result whatever the tile order or backend.
+
+Payload. Each detection may carry an arbitrary object (``payload``, e.g. its mask as a polygon)
+that follows it through the merge untouched; a payload can be made for the admitted detections
+only (a callable given the indices), so work such as vectorising masks is spent on the
+detections that survive the per-tile rules, and nothing tile-sized has to be kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +48,8 @@ from dynamicvis_cli.errors import DvisUsageError
 from dynamicvis_cli.infer.tiling import TileGrid
 
 MaskList = list[tuple[Window, NDArray[np.generic]]]
+#: Per-detection payloads: one per detection, or a callable making them for the indices it gets.
+Payload = Sequence[Any] | Callable[[NDArray[np.intp]], Sequence[Any]]
 
 
 @dataclass(frozen=True)
@@ -54,12 +62,14 @@ class Detections:
         labels: (N,) int64 class indices.
         masks: None when no masks were given; else per detection ``(window, mask)``: the mask
             cropped to the pixels its box touches, ``window`` placing it in the scene.
+        payload: None when no payloads were given; else the object given with each detection.
     """
 
     boxes: NDArray[np.float64]
     scores: NDArray[np.float32]
     labels: NDArray[np.int64]
     masks: MaskList | None = None
+    payload: list[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -67,18 +77,21 @@ class Detections:
 
 def _take(dets: Detections, index: NDArray[np.intp]) -> Detections:
     masks = None if dets.masks is None else [dets.masks[k] for k in index]
-    return Detections(dets.boxes[index], dets.scores[index], dets.labels[index], masks)
+    payload = None if dets.payload is None else [dets.payload[k] for k in index]
+    return Detections(dets.boxes[index], dets.scores[index], dets.labels[index], masks, payload)
 
 
 def _concat(parts: Sequence[Detections]) -> Detections:
     if not parts:
         return Detections(np.zeros((0, 4)), np.zeros(0, np.float32), np.zeros(0, np.int64))
     with_masks = any(p.masks is not None for p in parts)
+    with_payload = any(p.payload is not None for p in parts)
     return Detections(
         np.concatenate([p.boxes for p in parts]),
         np.concatenate([p.scores for p in parts]),
         np.concatenate([p.labels for p in parts]),
         [m for p in parts for m in p.masks or []] if with_masks else None,
+        [x for p in parts for x in p.payload or []] if with_payload else None,
     )
 
 
@@ -159,6 +172,7 @@ class BoxMerger:
         self.max_pending = max_pending
         self.peak_pending = 0
         self._with_masks: bool | None = None
+        self._with_payload: bool | None = None
         self._pending: list[Detections] = []
         self._pending_count = 0
         self._final = _concat([])
@@ -172,6 +186,7 @@ class BoxMerger:
         scores: ArrayLike | torch.Tensor,
         labels: ArrayLike | torch.Tensor,
         masks: ArrayLike | torch.Tensor | None = None,
+        payload: Payload | None = None,
     ) -> None:
         """Add one tile's detections.
 
@@ -182,10 +197,14 @@ class BoxMerger:
             labels: (N,) integer classes.
             masks: optional (N, tile, tile) per-box masks in tile pixels (bool or float); give
                 them for every tile or for none.
+            payload: optional per-detection objects carried to the result untouched: a sequence
+                of N, or a callable that is given the indices (into these N) of the detections
+                the tile rules admit and returns one object for each; give it for every tile or
+                for none.
 
         Raises:
-            DvisUsageError: an unplanned or out-of-order window, inconsistent shapes, or a merger
-                whose result was taken.
+            DvisUsageError: an unplanned or out-of-order window, inconsistent shapes or payload
+                counts, or a merger whose result was taken.
         """
         if self._done:
             raise DvisUsageError("tile added to a box merger after its result() was taken")
@@ -216,11 +235,25 @@ class BoxMerger:
             raise DvisUsageError(
                 f"tile {window!r}: masks have shape {m.shape}, expected {(len(b), tile, tile)}"
             )
+        if self._with_payload is None:
+            self._with_payload = payload is not None
+        elif self._with_payload != (payload is not None):
+            raise DvisUsageError(f"tile {window!r}: give a payload for every tile or for none")
+        if payload is not None and not callable(payload) and len(payload) != len(b):
+            raise DvisUsageError(f"tile {window!r}: {len(b)} boxes and {len(payload)} payloads")
         keep, scene = self._to_scene(window, b, s)
         index = np.flatnonzero(keep)
         if len(index):
             pieces = None if m is None else [_crop_mask(window, m[k], scene[k]) for k in index]
-            self._pending.append(Detections(scene[index], s[index], lab[index], pieces))
+            items = None
+            if payload is not None:
+                items = list(payload(index)) if callable(payload) else [payload[k] for k in index]
+                if len(items) != len(index):
+                    raise DvisUsageError(
+                        f"tile {window!r}: the payload gave {len(items)} objects for {len(index)} "
+                        "detections"
+                    )
+            self._pending.append(Detections(scene[index], s[index], lab[index], pieces, items))
             self._pending_count += len(index)
             self.peak_pending = max(self.peak_pending, self._pending_count)
 
@@ -237,7 +270,10 @@ class BoxMerger:
             self._done = True
         d = self._final
         masks = None if d.masks is None else list(d.masks)
-        return Detections(d.boxes.copy(), d.scores.copy(), d.labels.copy(), masks)
+        payload = None if d.payload is None else list(d.payload)
+        if payload is None and self._with_payload:
+            payload = []  # payloads were given, but no detection survived
+        return Detections(d.boxes.copy(), d.scores.copy(), d.labels.copy(), masks, payload)
 
     def _to_scene(
         self, window: Window, boxes: NDArray[np.float64], scores: NDArray[np.float32]

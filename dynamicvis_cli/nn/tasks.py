@@ -9,6 +9,8 @@ task       predict input                                 predict output
 classify   (B, C, H, W)                                  (B, K) logits
 segment    (B, C, H, W)                                  (B, K, H, W) logits at input resolution
 detect     (B, C, H, W)                                  list of {boxes xyxy px, scores, labels}
+instance   (B, C, H, W)                                  list of {boxes xyxy px, scores, labels,
+                                                         masks (N, 1, H, W) probabilities}
 change     (B, C, H, W), (B, C, H, W)                    (B, K, H, W) logits at input resolution
 =========  ===========================================  =========================================
 """
@@ -24,10 +26,11 @@ from torch import Tensor, nn
 from dynamicvis_cli.nn.heads.change import ChangeHead
 from dynamicvis_cli.nn.heads.classify import ClassifierHead
 from dynamicvis_cli.nn.heads.detect import build_fcos
+from dynamicvis_cli.nn.heads.instance import build_mask_rcnn
 from dynamicvis_cli.nn.heads.segment import UperNetHead
 from dynamicvis_cli.nn.model import DynamicVis
 
-TASKS = ("classify", "segment", "detect", "change")
+TASKS = ("classify", "segment", "detect", "instance", "change")
 
 
 def _to_input_size(logits: Tensor, height: int, width: int) -> Tensor:
@@ -103,6 +106,32 @@ class Detector(nn.Module):
         return out
 
 
+class InstanceSegmenter(nn.Module):
+    """torchvision Mask R-CNN on the trunk's FPN; ``predict`` returns one dict per image.
+
+    Labels count background as 0 (the first class is label 1), as for :class:`Detector`.
+    """
+
+    def __init__(self, trunk: DynamicVis, num_classes: int, *, tile_size: int, in_chans: int,
+                 **head: Any) -> None:
+        super().__init__()
+        self.maskrcnn = build_mask_rcnn(trunk, num_classes, tile_size=tile_size, in_chans=in_chans,
+                                        **head)
+
+    @property
+    def trunk(self) -> DynamicVis:
+        body: DynamicVis = self.maskrcnn.backbone.body
+        return body
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
+        """Training (with targets: boxes, labels, masks (N, H, W) uint8): Mask R-CNN's loss dict."""
+        return self.maskrcnn(images, targets)
+
+    def predict(self, x: Tensor) -> list[dict[str, Tensor]]:
+        out: list[dict[str, Tensor]] = self.maskrcnn(list(x))
+        return out
+
+
 def build_task_model(task: str, trunk: DynamicVis, num_classes: int, *, tile_size: int,
                      head: dict[str, Any] | None = None) -> nn.Module:
     """The task model for ``task`` on ``trunk`` with a freshly initialised head."""
@@ -115,4 +144,7 @@ def build_task_model(task: str, trunk: DynamicVis, num_classes: int, *, tile_siz
         return ChangeDetector(trunk, num_classes, **head)
     if task == "detect":
         return Detector(trunk, num_classes, tile_size=tile_size, in_chans=trunk.spec.in_chans)
+    if task == "instance":
+        return InstanceSegmenter(trunk, num_classes, tile_size=tile_size, in_chans=trunk.spec.in_chans,
+                                 **head)
     raise ValueError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
