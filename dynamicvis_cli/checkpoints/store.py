@@ -60,6 +60,11 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_sha256(path: Path) -> str:
+    """sha256 of a checkpoint's weights file (folder or single file)."""
+    return sha256(_weights_file(Path(path)))
+
+
 def save_checkpoint(
     state_dict: dict[str, Tensor],
     config: ModelConfig,

@@ -32,6 +32,7 @@ def change(
     overlap: o.OverlapOpt = None,
     batch_size: o.BatchOpt = 4,
     workers: o.WorkersOpt = 0,
+    max_memory: o.MaxMemoryOpt = None,
     device: o.DeviceOpt = "auto",
     precision: o.PrecisionOpt = o.Precision.fp32,
     overwrite: o.OverwriteOpt = False,
@@ -47,16 +48,22 @@ def change(
     from dynamicvis_cli.infer.context import RunOptions
     from dynamicvis_cli.infer.dense import change_scene
 
+    from dynamicvis_cli.infer.memory import MB, peak_rss, set_gdal_cache
+
     for path in (before, after):
         if not path.exists():
             raise InputNotFoundError(path)
+    set_gdal_cache(o.parse_memory(max_memory))  # before the first raster is read
     loaded, chosen = load_for_inputs(model, "change", before, bands=o.parse_bands(bands),
                                      classes=o.parse_classes(classes), random_weights=random_weights,
                                      tile_size=tile_size, device=device, quiet=quiet)
     with progress_bar(quiet, f"change {before.name}") as bar:
         opts = RunOptions(device=device, precision=precision.value, batch_size=batch_size, workers=workers,
-                          tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar)
+                          tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar,
+                          max_memory=o.parse_memory(max_memory))
         summary = change_scene(loaded, before, after, output, bands=chosen, opts=opts, align=align,
                                resampling=resampling, vector=vector, simplify=simplify, min_area=min_area,
                                stretch=stretch, quicklook=quicklook)
-    emit({"command": "change", **weights_summary(loaded), "runs": [summary]})
+    peak = peak_rss()
+    emit({"command": "change", **weights_summary(loaded), "runs": [summary], "failed": [],
+          "peak_rss_mb": {"main": round(peak["self"] / MB, 1), "workers": round(peak["children"] / MB, 1)}})

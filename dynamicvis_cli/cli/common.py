@@ -60,18 +60,51 @@ def weights_summary(loaded: Any) -> dict[str, Any]:
 
 
 def run_scene_jobs(command: str, task: str, jobs: list[Any], *, skip_existing: bool, quiet: bool,
-                   load: dict[str, Any], run: Any) -> None:
-    """Load the model once, run ``run(loaded, bands, job, progress)`` per job, emit the summary."""
-    from dynamicvis_cli.cli.output import emit
+                   load: dict[str, Any], run: Any, max_memory: str | None = None,
+                   summary_to_stderr: bool = False) -> None:
+    """Load the model once, run ``run(loaded, bands, job, progress)`` per job, emit the summary.
 
+    One input: its error is the command's error. Several: a failing input is reported (stderr,
+    and under ``failed`` in the summary) and the others still run; then the exit code is 4, or 1
+    when every input failed. The summary ends with the peak RSS of this process and its reader
+    workers, and the wall time.
+    """
+    import time
+
+    from dynamicvis_cli.cli.output import emit
+    from dynamicvis_cli.errors import DvisError, SomeInputsFailedError
+    from dynamicvis_cli.infer.memory import MB, parse_size, peak_rss, set_gdal_cache
+
+    start = time.perf_counter()
+    budget = parse_size(max_memory) if max_memory is not None else None
+    set_gdal_cache(budget)  # before the first raster is read
     todo = [j for j in jobs if not (skip_existing and j.out.exists())]
     skipped = [str(j.out) for j in jobs if j not in todo]
     if not todo:
-        emit({"command": command, "runs": [], "skipped_existing": skipped})
+        emit({"command": command, "runs": [], "failed": [], "skipped_existing": skipped},
+             stderr=summary_to_stderr)
         return
     loaded, chosen = load_for_inputs(task=task, first_input=todo[0].src, quiet=quiet, **load)
-    runs = []
+    runs, failed = [], []
     for job in todo:
-        with progress_bar(quiet, f"{command} {job.src.name}") as bar:
-            runs.append(run(loaded, chosen, job, bar))
-    emit({"command": command, **weights_summary(loaded), "runs": runs, "skipped_existing": skipped})
+        try:
+            with progress_bar(quiet, f"{command} {job.src.name}") as bar:
+                runs.append(run(loaded, chosen, job, bar))
+        except Exception as exc:
+            if len(todo) == 1:
+                raise
+            known = isinstance(exc, DvisError)
+            message = str(exc) if known else f"internal error: {type(exc).__name__}: {exc}"
+            failed.append({"input": str(job.src), "output": str(job.out), "error": message,
+                           "exit_code": exc.exit_code if known else 1})
+            if not quiet:
+                err.print(f"[red]failed:[/] {job.src}: {message}", markup=True)
+    peak = peak_rss()
+    emit({"command": command, **weights_summary(loaded), "runs": runs, "failed": failed,
+          "skipped_existing": skipped,
+          "peak_rss_mb": {"main": round(peak["self"] / MB, 1), "workers": round(peak["children"] / MB, 1)},
+          "wall_s": round(time.perf_counter() - start, 3)}, stderr=summary_to_stderr)
+    if failed and len(failed) == len(todo):
+        raise DvisError(f"all {len(todo)} inputs failed (listed under 'failed' in the summary)")
+    if failed:
+        raise SomeInputsFailedError(len(failed), len(todo))

@@ -44,6 +44,7 @@ ClassesOpt = Annotated[str | None, typer.Option("--classes", help="Comma-separat
 ThresholdOpt = Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Score threshold.")]
 StretchOpt = Annotated[bool, typer.Option("--stretch", help="Scale each band by its 2nd-98th percentiles (16-bit sensors) instead of by data type.")]
 QuicklookOpt = Annotated[Path | None, typer.Option("--quicklook", help="Also render the result over the image to this .png (one input).")]
+MaxMemoryOpt = Annotated[str | None, typer.Option("--max-memory", help="Host memory budget, e.g. 4G: the batch size, reader workers and GDAL cache are fitted to it.")]
 PixelOpt = Annotated[bool, typer.Option("--pixel-coords", help="Allow a raster without CRS: write pixel coordinates.")]
 
 
@@ -67,3 +68,12 @@ def parse_classes(text: str | None) -> list[str] | None:
     if len(set(names)) != len(names):
         raise typer.BadParameter(f"duplicate class names in '{text}'", param_hint="--classes")
     return names
+
+
+def parse_memory(text: str | None) -> int | None:
+    """'4G' → bytes; None stays None (no budget)."""
+    if text is None:
+        return None
+    from dynamicvis_cli.infer.memory import parse_size
+
+    return parse_size(text)

@@ -11,7 +11,9 @@ from rich.console import Console
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def emit(summary: dict[str, Any]) -> None:
-    """Print the run's JSON summary on stdout (one object, one line)."""
-    sys.stdout.write(json.dumps(summary, default=str) + "\n")
-    sys.stdout.flush()
+def emit(summary: dict[str, Any], *, stderr: bool = False) -> None:
+    """Print the run's JSON summary (one object, one line) on stdout, or on stderr when stdout
+    carries the results themselves (``-o -``)."""
+    stream = sys.stderr if stderr else sys.stdout
+    stream.write(json.dumps(summary, default=str) + "\n")
+    stream.flush()

@@ -32,6 +32,7 @@ def segment(
     stitch: Annotated[str, typer.Option("--stitch", help="blend (tapered overlap weights) or crop (centres).")] = "blend",
     batch_size: o.BatchOpt = 4,
     workers: o.WorkersOpt = 0,
+    max_memory: o.MaxMemoryOpt = None,
     device: o.DeviceOpt = "auto",
     precision: o.PrecisionOpt = o.Precision.fp32,
     overwrite: o.OverwriteOpt = False,
@@ -55,10 +56,12 @@ def segment(
 
     def run(loaded, chosen, job, bar):  # type: ignore[no-untyped-def]
         opts = RunOptions(device=device, precision=precision.value, batch_size=batch_size, workers=workers,
-                          tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar)
+                          tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar,
+                          max_memory=o.parse_memory(max_memory))
         return segment_scene(loaded, job.src, job.out, bands=chosen, opts=opts, vector=vector,
                              simplify=simplify, min_area=min_area, mode=stitch, stretch=stretch, quicklook=quicklook)
 
     run_scene_jobs("segment", "segment", jobs, skip_existing=skip_existing, quiet=quiet, run=run,
+                   max_memory=max_memory,
                    load={"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),
                          "random_weights": random_weights, "tile_size": tile_size, "device": device})

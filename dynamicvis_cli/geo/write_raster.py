@@ -230,6 +230,13 @@ class COGWriter:
 
     # -- writing -----------------------------------------------------------------------------
 
+    def update_tags(self, **tags: Any) -> None:
+        """Add or replace dataset tags (e.g. provenance known only at the end of a run)."""
+        if self._ds is None:
+            raise RuntimeError("COGWriter.update_tags() outside its with-block")
+        self.tags.update({k: str(v) for k, v in tags.items()})
+        self._ds.update_tags(**{k: str(v) for k, v in tags.items()})
+
     def write(self, window: Window, array: ArrayLike) -> None:
         """Write ``array`` at ``window``; parts of the window beyond the grid are dropped.
 

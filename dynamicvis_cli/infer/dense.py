@@ -20,7 +20,14 @@ from dynamicvis_cli.errors import DvisUsageError
 from dynamicvis_cli.geo.crs import check_same_grid, describe_crs
 from dynamicvis_cli.geo.read import RasterSource, percentile_stretch
 from dynamicvis_cli.geo.write_raster import COGWriter
-from dynamicvis_cli.infer.context import RunOptions, Timer, provenance, run_model, tiling
+from dynamicvis_cli.infer.context import (
+    InputChecksums,
+    RunOptions,
+    Timer,
+    provenance,
+    run_model,
+    tiling,
+)
 from dynamicvis_cli.infer.runner import ReaderSpec, RunStats, TileDataset, iterate_batches, stack
 from dynamicvis_cli.infer.stitch_dense import DenseStitcher
 from dynamicvis_cli.infer.tiling import plan_tiles
@@ -29,6 +36,35 @@ NODATA = 255
 # Finished rows are handed to the writer in pieces this wide, so the per-piece temporaries
 # (probabilities, argmax) stay a few MB however wide the scene is.
 EMIT_COLUMNS = 2048
+
+
+def stitcher_bytes(height: int, width: int, classes: int, tile: int, overlap: int) -> int:
+    """What :class:`DenseStitcher` holds at most (float32 sums), plus one emitted piece."""
+    from dynamicvis_cli.infer.tiling import TileGrid
+
+    starts = TileGrid.plan(height, width, tile, overlap).row_starts
+    carry = tile - min(np.diff(starts)) if len(starts) > 1 else 0
+    cells = 4 * (classes + 1) * (min(carry, height) * width + 2 * tile * tile)
+    return int(cells + 4 * (classes + 2) * tile * EMIT_COLUMNS)
+
+
+def fit_memory(loaded: LoadedTaskModel, opts: RunOptions, device: Any, *, tile: int, bands: int,
+               inputs: int, stitcher: int) -> dict[str, Any] | None:
+    """Under ``--max-memory``: measure one forward pass, then set the batch size and workers."""
+    import torch
+
+    from dynamicvis_cli.infer.memory import current_rss, measure_activation, plan_memory
+
+    if opts.max_memory is None:
+        return None
+    blank = [torch.zeros(1, bands, tile, tile, device=device) for _ in range(inputs)]
+    process = current_rss()
+    per_image = measure_activation(lambda: run_model(loaded, device, opts.precision, *blank))
+    tile_bytes = inputs * bands * tile * tile * 4 + tile * tile
+    plan = plan_memory(opts.max_memory, process=process, per_image=per_image, tile_bytes=tile_bytes,
+                       stitcher=stitcher, batch_size=opts.batch_size, workers=opts.workers)
+    opts.batch_size, opts.workers = plan.batch_size, plan.workers
+    return plan.summary()
 
 
 def _dense_run(
@@ -47,6 +83,9 @@ def _dense_run(
     tile, overlap = tiling(loaded, opts)
     device = opts.torch_device()
     windows = plan_tiles(grid.height, grid.width, tile, overlap)
+    checksums = InputChecksums([s.path for s in specs])  # hashed in the background meanwhile
+    memory = fit_memory(loaded, opts, device, tile=tile, bands=len(specs[0].bands), inputs=len(specs),
+                        stitcher=stitcher_bytes(grid.height, grid.width, len(classes), tile, overlap))
     timer, stats = Timer(), RunStats()
     counts = np.zeros(len(classes), dtype=np.int64)
 
@@ -58,35 +97,46 @@ def _dense_run(
             known = np.isfinite(probs).all(axis=0)
             ids = np.where(known, np.nan_to_num(probs, nan=-1.0).argmax(axis=0), NODATA).astype(np.uint8)
             counts[:] += np.bincount(ids[known].ravel(), minlength=len(classes))[: len(classes)]
-            writer.write(window, ids[None])
+            with timer.stage("write"):
+                writer.write(window, ids[None])
 
         stitcher = DenseStitcher(grid.height, grid.width, len(classes), tile=tile, overlap=overlap,
                                  mode=mode, emit=emit, accumulate="float32",  # type: ignore[arg-type]
                                  emit_columns=EMIT_COLUMNS)
         dataset = TileDataset(specs, windows)
-        done = 0
-        for batch in iterate_batches(dataset, batch_size=opts.batch_size, workers=opts.workers, stats=stats):
-            inputs = [stack(batch, i, device) for i in range(len(specs))]
-            probs = run_model(loaded, device, opts.precision, *inputs).float().softmax(dim=1).cpu().numpy()
-            timer.lap("read_and_model")
-            for t, p in zip(batch, probs):
-                stitcher.add(t.window, p, t.valid.numpy())
-            timer.lap("stitch_and_write")
-            done += len(batch)
+        batches = iterate_batches(dataset, batch_size=opts.batch_size, workers=opts.workers, stats=stats)
+        for batch in timer.each(batches, "read"):
+            with timer.stage("model"):
+                inputs = [stack(batch, i, device) for i in range(len(specs))]
+                probs = run_model(loaded, device, opts.precision, *inputs).float().softmax(dim=1).cpu().numpy()
+            with timer.stage("stitch"):
+                for t, p in zip(batch, probs):
+                    stitcher.add(t.window, p, t.valid.numpy())
             if opts.progress:
                 opts.progress(min(stats.tiles, len(windows)), len(windows))
-        stitcher.close()
-    timer.lap("finish_cog")
-    return {
+        with timer.stage("stitch"):
+            stitcher.close()
+        with timer.stage("checksum_wait"):
+            digest = checksums.result()
+        writer.update_tags(inputs_sha256=digest)
+        tags["inputs_sha256"] = digest
+    timer.lap("cog")  # the intermediate → COG conversion, with its overviews
+    summary: dict[str, Any] = {
         "output": str(output),
         "classes": classes,
         "pixels_per_class": {c: int(n) for c, n in zip(classes, counts)},
         "tiles": stats.tiles,
+        "tiles_run": stats.tiles - stats.skipped_invalid,
         "tiles_skipped_nodata": stats.skipped_invalid,
         "tile_size": tile,
         "overlap": overlap,
+        "batch_size": opts.batch_size,
         "seconds": timer.seconds,
+        "provenance": {**tags, "tile_size": tile, "overlap": overlap},
     }
+    if memory is not None:
+        summary["memory_plan"] = memory
+    return summary
 
 
 def _vectorise(output: Path, vector: Path, classes: Sequence[str], *, crs_ok: bool,
