@@ -108,3 +108,21 @@ class GridMismatchError(DvisError, ValueError):
             f"{second}: not on the grid of {first} ({'; '.join(differences)}); "
             "pass --align to warp it onto the first grid"
         )
+
+
+class SomeInputsFailedError(DvisError):
+    """Some inputs of a batch failed; the others were written. Exit code 4."""
+
+    exit_code = 4
+
+    def __init__(self, failed: int, total: int) -> None:
+        super().__init__(f"{failed} of {total} inputs failed (listed under 'failed' in the summary)")
+        self.failed, self.total = failed, total
+
+
+class ArchiveError(DvisError, ValueError):
+    """A path is not a dvis archive, or the archive is corrupt, truncated, inconsistent or busy."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
