@@ -1,6 +1,7 @@
 """The ``dvis`` command: assembles one sub-app per command and maps errors to exit codes.
 
-Exit codes: 0 success, 1 runtime error, 2 usage error (see dynamicvis_cli.errors). Known errors
+Exit codes: 0 success (also when nothing was found), 1 runtime error, 2 usage error, 3 inputs on
+different grids (change without --align), 4 some inputs of a batch failed (see dynamicvis_cli.errors). Known errors
 print one line on stderr; tracebacks appear only with ``--debug``. Nothing here imports torch:
 each command imports the library inside its function.
 """
@@ -15,7 +16,7 @@ from typing import Annotated
 import typer
 
 from dynamicvis_cli._version import __version__
-from dynamicvis_cli.cli import change, classify, detect, models, segment
+from dynamicvis_cli.cli import change, classify, detect, info, models, segment
 from dynamicvis_cli.errors import DvisError
 
 GDAL_CACHE_MB = 128
@@ -29,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (classify, detect, segment, change):
+for command in (classify, detect, segment, change, info):
     app.registered_commands.extend(command.app.registered_commands)
 app.add_typer(models.app, name="models")
 

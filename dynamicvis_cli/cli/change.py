@@ -66,4 +66,4 @@ def change(
                                stretch=stretch, quicklook=quicklook)
     peak = peak_rss()
     emit({"command": "change", **weights_summary(loaded), "runs": [summary], "failed": [],
-          "peak_rss_mb": {"main": round(peak["self"] / MB, 1), "workers": round(peak["children"] / MB, 1)}})
+          "peak_rss_mb": {"main": round(peak["self"] / MB, 1), "children": round(peak["children"] / MB, 1)}})

@@ -78,7 +78,7 @@ def run_scene_jobs(command: str, task: str, jobs: list[Any], *, skip_existing: b
     start = time.perf_counter()
     budget = parse_size(max_memory) if max_memory is not None else None
     set_gdal_cache(budget)  # before the first raster is read
-    todo = [j for j in jobs if not (skip_existing and j.out.exists())]
+    todo = [j for j in jobs if not (skip_existing and str(j.out) != "-" and j.out.exists())]
     skipped = [str(j.out) for j in jobs if j not in todo]
     if not todo:
         emit({"command": command, "runs": [], "failed": [], "skipped_existing": skipped},
@@ -102,7 +102,7 @@ def run_scene_jobs(command: str, task: str, jobs: list[Any], *, skip_existing: b
     peak = peak_rss()
     emit({"command": command, **weights_summary(loaded), "runs": runs, "failed": failed,
           "skipped_existing": skipped,
-          "peak_rss_mb": {"main": round(peak["self"] / MB, 1), "workers": round(peak["children"] / MB, 1)},
+          "peak_rss_mb": {"main": round(peak["self"] / MB, 1), "children": round(peak["children"] / MB, 1)},
           "wall_s": round(time.perf_counter() - start, 3)}, stderr=summary_to_stderr)
     if failed and len(failed) == len(todo):
         raise DvisError(f"all {len(todo)} inputs failed (listed under 'failed' in the summary)")

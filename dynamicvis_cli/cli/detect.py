@@ -33,6 +33,7 @@ def detect(
     overlap: o.OverlapOpt = None,
     batch_size: o.BatchOpt = 4,
     workers: o.WorkersOpt = 0,
+    max_memory: o.MaxMemoryOpt = None,
     device: o.DeviceOpt = "auto",
     precision: o.PrecisionOpt = o.Precision.fp32,
     pixel_coords: o.PixelOpt = False,
@@ -42,7 +43,7 @@ def detect(
     quiet: o.QuietOpt = False,
 ) -> None:
     """Detect objects; write boxes (or instance masks) as polygons (.geojson in lon/lat, .gpkg/.parquet/.fgb
-    native CRS)."""
+    native CRS; -o - streams GeoJSONSeq to stdout and the summary to stderr)."""
     from dynamicvis_cli.cli.common import run_scene_jobs
     from dynamicvis_cli.infer.batch import plan_jobs
     from dynamicvis_cli.infer.context import RunOptions
@@ -56,12 +57,15 @@ def detect(
 
     def run(loaded, chosen, job, bar):  # type: ignore[no-untyped-def]
         opts = RunOptions(device=device, precision=precision.value, batch_size=batch_size, workers=workers,
-                          tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar)
+                          tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar,
+                          max_memory=o.parse_memory(max_memory))
         return detect_scene(loaded, job.src, job.out, bands=chosen, opts=opts, threshold=threshold,
                             iou_threshold=iou_threshold, max_detections=max_detections,
                             pixel_coords=pixel_coords, stretch=stretch, quicklook=quicklook)
 
     task = detect_task(model, masks=masks)  # "instance" for an instance model or --masks
+    # -o -: the features stream to stdout as GeoJSONSeq, so the summary goes to stderr.
     run_scene_jobs("detect", task, jobs, skip_existing=skip_existing, quiet=quiet, run=run,
+                   max_memory=max_memory, summary_to_stderr=str(output) == "-",
                    load={"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),
                          "random_weights": random_weights, "tile_size": tile_size, "device": device})

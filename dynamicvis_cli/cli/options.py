@@ -33,7 +33,7 @@ TileOpt = Annotated[int | None, typer.Option("--tile-size", min=32, help="Tile s
 OverlapOpt = Annotated[int | None, typer.Option("--overlap", min=0, help="Overlap between tiles in pixels (default: tile/8).")]
 BandsOpt = Annotated[str | None, typer.Option("--bands", help="1-based band indices, e.g. 4,3,2 (default: the first bands).")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Reader processes (0: read in the main process).")]
-OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output file (one input).")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output file (one input); - for stdout where the command writes vectors.")]
 OutDirOpt = Annotated[Path | None, typer.Option("--out-dir", help="Output folder (many inputs).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 SkipExistingOpt = Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output exists.")]

@@ -156,3 +156,25 @@ def run_model(loaded: LoadedTaskModel, device: torch.device, precision: str,
     """``loaded.module.predict(*inputs)`` without autograd, under autocast."""
     with torch.inference_mode(), autocast(device, precision):
         return loaded.module.predict(*inputs)
+
+
+def fit_memory(loaded: LoadedTaskModel, opts: RunOptions, device: Any, *, tile: int, bands: int,
+               inputs: int, stitcher: int) -> dict[str, Any] | None:
+    """Under ``--max-memory``: measure one forward pass, then set the batch size and workers.
+
+    Returns the plan for the summary, or None without a budget. ``opts`` is updated in place.
+    """
+    from dynamicvis_cli.infer.memory import current_rss, measure_activation, plan_memory
+
+    if opts.max_memory is None:
+        return None
+    blank = [torch.zeros(1, bands, tile, tile, device=device) for _ in range(inputs)]
+    # One pass, measured cold: it also compiles kernels and fills allocator pools, so the figure
+    # is an upper bound per image (a warm pass would reuse freed memory and read too low).
+    process = current_rss()
+    per_image = measure_activation(lambda: run_model(loaded, device, opts.precision, *blank))
+    tile_bytes = inputs * bands * tile * tile * 4 + tile * tile
+    plan = plan_memory(opts.max_memory, process=process, per_image=per_image, tile_bytes=tile_bytes,
+                       stitcher=stitcher, batch_size=opts.batch_size, workers=opts.workers)
+    opts.batch_size, opts.workers = plan.batch_size, plan.workers
+    return plan.summary()

@@ -24,6 +24,7 @@ from dynamicvis_cli.infer.context import (
     InputChecksums,
     RunOptions,
     Timer,
+    fit_memory,
     provenance,
     run_model,
     tiling,
@@ -46,25 +47,6 @@ def stitcher_bytes(height: int, width: int, classes: int, tile: int, overlap: in
     carry = tile - min(np.diff(starts)) if len(starts) > 1 else 0
     cells = 4 * (classes + 1) * (min(carry, height) * width + 2 * tile * tile)
     return int(cells + 4 * (classes + 2) * tile * EMIT_COLUMNS)
-
-
-def fit_memory(loaded: LoadedTaskModel, opts: RunOptions, device: Any, *, tile: int, bands: int,
-               inputs: int, stitcher: int) -> dict[str, Any] | None:
-    """Under ``--max-memory``: measure one forward pass, then set the batch size and workers."""
-    import torch
-
-    from dynamicvis_cli.infer.memory import current_rss, measure_activation, plan_memory
-
-    if opts.max_memory is None:
-        return None
-    blank = [torch.zeros(1, bands, tile, tile, device=device) for _ in range(inputs)]
-    process = current_rss()
-    per_image = measure_activation(lambda: run_model(loaded, device, opts.precision, *blank))
-    tile_bytes = inputs * bands * tile * tile * 4 + tile * tile
-    plan = plan_memory(opts.max_memory, process=process, per_image=per_image, tile_bytes=tile_bytes,
-                       stitcher=stitcher, batch_size=opts.batch_size, workers=opts.workers)
-    opts.batch_size, opts.workers = plan.batch_size, plan.workers
-    return plan.summary()
 
 
 def _dense_run(

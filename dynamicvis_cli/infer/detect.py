@@ -38,10 +38,22 @@ from dynamicvis_cli.errors import DvisUsageError, NotGeoreferencedError
 from dynamicvis_cli.geo.crs import describe_crs, pixel_to_map
 from dynamicvis_cli.geo.read import RasterSource, percentile_stretch
 from dynamicvis_cli.geo.write_vector import write_vectors
-from dynamicvis_cli.infer.context import RunOptions, Timer, provenance, run_model, tiling
+from dynamicvis_cli.infer.context import (
+    InputChecksums,
+    RunOptions,
+    Timer,
+    fit_memory,
+    provenance,
+    run_model,
+    tiling,
+)
 from dynamicvis_cli.infer.runner import ReaderSpec, RunStats, Tile, TileDataset, iterate_batches, stack
 from dynamicvis_cli.infer.stitch_boxes import BoxMerger
 from dynamicvis_cli.infer.tiling import plan_tiles
+
+
+#: Boxes narrower or lower than this many pixels (after cutting at their tile) are dropped.
+MIN_BOX_PIXELS = 1.0
 
 
 def boxes_to_polygons(boxes: np.ndarray, transform: Any) -> list[Polygon]:
@@ -184,11 +196,14 @@ def detect_scene(
                            score_threshold=threshold, max_detections=max_detections)
         spec = ReaderSpec(Path(source), bands, loaded.config.mean, loaded.config.std,
                           percentile_stretch(src, bands) if stretch else None)
+        checksums = InputChecksums([Path(source)])  # hashed in the background meanwhile
+        memory = fit_memory(loaded, opts, device, tile=tile, bands=len(bands), inputs=1, stitcher=0)
         timer, stats = Timer(), RunStats()
-        for batch in iterate_batches(TileDataset([spec], windows), batch_size=opts.batch_size,
-                                     workers=opts.workers, stats=stats):
-            results = run_model(loaded, device, opts.precision, stack(batch, 0, device))
-            timer.lap("read_and_model")
+        batches = iterate_batches(TileDataset([spec], windows), batch_size=opts.batch_size,
+                                  workers=opts.workers, stats=stats)
+        for batch in timer.each(batches, "read"):
+            with timer.stage("model"):
+                results = run_model(loaded, device, opts.precision, stack(batch, 0, device))
             for t, r in zip(batch, results):
                 boxes = r["boxes"].float().cpu().numpy()
                 valid = t.valid.numpy()
@@ -198,6 +213,11 @@ def detect_scene(
                 labels = r["labels"].cpu().numpy()
                 # FCOS's class 0 is background (never a training target): not a detection.
                 keep = (valid[cy, cx] & (labels >= 1)) if len(boxes) else np.zeros(0, dtype=bool)
+                # Under a pixel on a side (after cutting at the tile) is not an object at this
+                # resolution, and would collapse to a line in 7-decimal GeoJSON.
+                bw = np.minimum(boxes[:, 2], w) - np.maximum(boxes[:, 0], 0)
+                bh = np.minimum(boxes[:, 3], h) - np.maximum(boxes[:, 1], 0)
+                keep &= (bw >= MIN_BOX_PIXELS) & (bh >= MIN_BOX_PIXELS)
                 kept = np.flatnonzero(keep)
                 payload = _mask_payload(r["masks"], t, kept, src.transform) if with_masks else None
                 merger.add(t.window, boxes[keep], r["scores"].float().cpu().numpy()[keep],
@@ -220,7 +240,13 @@ def detect_scene(
             },
             geometry=geoms, crs=src.crs,
         )
-        write_vectors(gdf, output, overwrite=opts.overwrite, pixel_coords=src.crs is None, source=source)
+        timer.lap("merge")
+        tags = provenance(loaded, [Path(source)], checksums=checksums, bands=bands, command="detect",
+                          tile_size=tile, overlap=overlap, threshold=threshold, iou_threshold=iou_threshold,
+                          max_detections=max_detections, masks=with_masks)
+        timer.lap("checksum_wait")
+        write_vectors(gdf, output, overwrite=opts.overwrite, pixel_coords=src.crs is None, source=source,
+                      tags=tags)
         timer.lap("write")
         if quicklook is not None:
             from dynamicvis_cli.geo.quicklook import quicklook_boxes
@@ -232,7 +258,8 @@ def detect_scene(
             "quicklook": str(quicklook) if quicklook else None,
             "detections": int(len(det.scores)), "per_class": counts, "threshold": threshold,
             "masks": with_masks, "mask_polygons": int(sum(from_mask)),
-            "tiles": stats.tiles, "tiles_skipped_nodata": stats.skipped_invalid,
+            "tiles": stats.tiles, "tiles_run": stats.tiles - stats.skipped_invalid,
+            "tiles_skipped_nodata": stats.skipped_invalid, "batch_size": opts.batch_size,
             "tile_size": tile, "overlap": overlap, "bands": bands, "seconds": timer.seconds,
-            "provenance": provenance(loaded, [Path(source)], bands=bands, command="detect"),
+            "provenance": tags, **({"memory_plan": memory} if memory is not None else {}),
         }

@@ -4,8 +4,10 @@ What a scene run holds is a few fixed amounts plus one that grows with the batch
 
 - the process itself: Python, torch, the model (read as the current RSS once the model is loaded);
 - the model's activations, per image of a batch: *measured*, by one forward pass on a blank tile
-  with the kernel's peak-RSS mark reset before it (``/proc/self/clear_refs``), so the figure is
-  right for any architecture, head, tile size and precision rather than a guess;
+  with the kernel's peak-RSS mark reset before it (``/proc/self/clear_refs``), so the figure
+  fits any architecture, head, tile size and precision rather than being a guess. The pass is
+  the run's first, so it also counts one-time costs (kernel compilation, allocator pools): an
+  upper bound, which errs on the side of a smaller batch;
 - the reader queue: ``workers × 2`` batches of tiles waiting (prefetch), each tile its bands as
   float32 plus a validity mask;
 - GDAL's block cache, in every process that reads (capped by ``GDAL_CACHEMAX``);

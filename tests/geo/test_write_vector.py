@@ -229,3 +229,21 @@ def test_failed_write_leaves_nothing(
     with pytest.raises(NotImplementedError):
         write_vectors(bad, tmp_path / f"trees{ext}")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".geojson", ".gpkg", ".parquet", ".fgb"])
+def test_provenance_tags_travel_inside_every_format(
+    rgb_byte_footprint: gpd.GeoDataFrame, tmp_path: Path, suffix: str
+) -> None:
+    from dynamicvis_cli.geo.info import describe_output
+    from dynamicvis_cli.geo.write_vector import read_vector_tags
+
+    path = tmp_path / f"tagged{suffix}"
+    tags = {"dvis_version": "0.1.0", "model": "tiny", "weights_sha256": "sha256:ab", "tile_size": 128}
+    write_vectors(rgb_byte_footprint, path, tags=tags)
+    assert read_vector_tags(path) == {k: str(v) for k, v in tags.items()}
+    back = gpd.read_parquet(path) if suffix == ".parquet" else gpd.read_file(path)
+    assert len(back) == len(rgb_byte_footprint)  # the file is still plain data
+    described = describe_output(path)
+    assert described["kind"] == "vector" and described["features"] == len(rgb_byte_footprint)
+    assert described["provenance"]["model"] == "tiny"
