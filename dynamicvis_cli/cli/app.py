@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from dynamicvis_cli._version import __version__
-from dynamicvis_cli.cli import change, classify, detect, info, models, segment
+from dynamicvis_cli.cli import bench, change, classify, detect, info, models, segment
 from dynamicvis_cli.errors import DvisError
 
 GDAL_CACHE_MB = 128
@@ -30,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (classify, detect, segment, change, info):
+for command in (classify, detect, segment, change, info, bench):
     app.registered_commands.extend(command.app.registered_commands)
 app.add_typer(models.app, name="models")
 

@@ -8,6 +8,7 @@ height. Optionally the class raster is polygonised to a vector file.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -157,8 +158,10 @@ def segment_scene(
                         "width": src.width, "height": src.height})
         crs_ok = src.crs is not None
     if vector is not None:
+        start = time.perf_counter()
         summary.update(_vectorise(Path(output), vector, loaded.config.classes, crs_ok=crs_ok,
                                   simplify=simplify, min_area=min_area, overwrite=opts.overwrite, skip=()))
+        summary["seconds"]["vectorise"] = round(time.perf_counter() - start, 3)
     if quicklook is not None:
         from dynamicvis_cli.geo.quicklook import quicklook_classes
 
@@ -210,8 +213,10 @@ def change_scene(
                         "bands": bands, "width": a.width, "height": a.height})
         crs_ok = a.crs is not None
     if vector is not None:
+        start = time.perf_counter()
         summary.update(_vectorise(Path(output), vector, loaded.config.classes, crs_ok=crs_ok,
                                   simplify=simplify, min_area=min_area, overwrite=opts.overwrite, skip=(0,)))
+        summary["seconds"]["vectorise"] = round(time.perf_counter() - start, 3)
     if quicklook is not None:
         from dynamicvis_cli.geo.quicklook import quicklook_classes
 
