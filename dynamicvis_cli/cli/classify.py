@@ -59,7 +59,8 @@ def classify(
             return classify_grid(loaded, job.src, job.out, cell=grid, bands=chosen, opts=opts,
                                  pixel_coords=pixel_coords, stretch=stretch)
 
-        run_scene_jobs("classify", "classify", jobs, skip_existing=skip_existing, quiet=quiet, run=run, load=load)
+        run_scene_jobs("classify", "classify", jobs, skip_existing=skip_existing, quiet=quiet, run=run, load=load,
+                       summary_to_stderr=str(output) == "-")
         return
 
     paths = take_shard(expand_inputs(inputs), parse_shard(shard))

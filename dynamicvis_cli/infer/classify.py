@@ -26,7 +26,7 @@ from dynamicvis_cli.geo.crs import describe_crs
 from dynamicvis_cli.geo.read import RasterSource, percentile_stretch
 from dynamicvis_cli.geo.write_vector import write_vectors
 from dynamicvis_cli.infer.detect import boxes_to_polygons
-from dynamicvis_cli.infer.context import RunOptions, Timer, provenance, run_model
+from dynamicvis_cli.infer.context import InputChecksums, RunOptions, Timer, provenance, run_model
 from dynamicvis_cli.infer.runner import ReaderSpec, RunStats, TileDataset, iterate_batches, stack
 
 MAX_CHIP_SIDE = 4096
@@ -125,10 +125,13 @@ def classify_grid(
                           percentile_stretch(src, bands) if stretch else None)
         rows: list[dict[str, Any]] = []
         geoms = []
-        for batch in iterate_batches(TileDataset([spec], windows), batch_size=opts.batch_size,
-                                     workers=opts.workers, stats=stats):
-            probs = run_model(loaded, device, opts.precision, stack(batch, 0, device))
-            probs = probs.float().softmax(-1).cpu().numpy()
+        checksums = InputChecksums([Path(source)])  # hashed in the background meanwhile
+        batches = iterate_batches(TileDataset([spec], windows), batch_size=opts.batch_size,
+                                  workers=opts.workers, stats=stats)
+        for batch in timer.each(batches, "read"):
+            with timer.stage("model"):
+                probs = run_model(loaded, device, opts.precision, stack(batch, 0, device))
+                probs = probs.float().softmax(-1).cpu().numpy()
             for t, rec in zip(batch, _records(probs, classes, 1)):
                 w = t.window
                 x1, y1 = w.col_off, w.row_off
@@ -137,15 +140,18 @@ def classify_grid(
                 rows.append({"row": int(y1 // cell), "col": int(x1 // cell), "class": rec["class"],
                              "class_id": rec["class_id"], "score": rec["score"],
                              "valid_fraction": float(t.valid.float().mean())})
-            timer.lap("read_and_model")
+            timer.lap("cells")
             if opts.progress:
                 opts.progress(min(stats.tiles, len(windows)), len(windows))
         gdf = gpd.GeoDataFrame(rows, columns=["row", "col", "class", "class_id", "score", "valid_fraction"],
                                geometry=geoms, crs=src.crs)
-        write_vectors(gdf, output, overwrite=opts.overwrite, pixel_coords=src.crs is None, source=source)
+        tags = provenance(loaded, [Path(source)], checksums=checksums, bands=bands, command="classify",
+                          cell=cell)
+        timer.lap("checksum_wait")
+        write_vectors(gdf, output, overwrite=opts.overwrite, pixel_coords=src.crs is None, source=source,
+                      tags=tags)
         timer.lap("write")
         counts = {c: int((gdf["class"] == c).sum()) for c in classes}
         return {"input": str(source), "output": str(output), "crs": describe_crs(src.crs), "cell": cell,
                 "cells": int(len(gdf)), "cells_skipped_nodata": stats.skipped_invalid, "per_class": counts,
-                "bands": bands, "seconds": timer.seconds,
-                "provenance": provenance(loaded, [Path(source)], bands=bands, command="classify")}
+                "bands": bands, "seconds": timer.seconds, "provenance": tags}
