@@ -247,3 +247,18 @@ def test_provenance_tags_travel_inside_every_format(
     described = describe_output(path)
     assert described["kind"] == "vector" and described["features"] == len(rgb_byte_footprint)
     assert described["provenance"]["model"] == "tiny"
+
+
+def test_geojson_splits_a_polygon_across_the_antimeridian(tmp_path: Path) -> None:
+    """A footprint over Fiji in a Pacific-centred CRS comes out as two parts, not a world-wide band."""
+    from pyproj import Transformer
+
+    to_pdc = Transformer.from_crs(4326, 3832, always_xy=True)  # PDC Mercator, centred at 150°E
+    corners = [(179.5, -17.0), (-179.5, -17.0), (-179.5, -16.0), (179.5, -16.0)]
+    ring = [to_pdc.transform(lon, lat) for lon, lat in corners]
+    gdf = gpd.GeoDataFrame({"name": ["fiji"]}, geometry=[Polygon(ring)], crs=3832)
+    out = write_vectors(gdf, tmp_path / "fiji.geojson")
+    geom = json.loads(Path(out).read_text())["features"][0]["geometry"]
+    assert geom["type"] == "MultiPolygon" and len(geom["coordinates"]) == 2
+    lons = sorted(max(abs(x) for x, _ in part[0]) for part in geom["coordinates"])
+    assert all(179.4 < lon <= 180.0 for lon in lons)  # both parts hug ±180, none spans the globe
