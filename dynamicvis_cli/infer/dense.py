@@ -72,8 +72,8 @@ def _dense_run(
     timer, stats = Timer(), RunStats()
     counts = np.zeros(len(classes), dtype=np.int64)
 
-    with COGWriter.like(output, grid, count=1, dtype="uint8", nodata=NODATA,
-                        tags={**tags, "tile_size": tile, "overlap": overlap},
+    tags.update(tile_size=tile, overlap=overlap)  # the caller's tags: the vector output reuses them
+    with COGWriter.like(output, grid, count=1, dtype="uint8", nodata=NODATA, tags=tags,
                         overwrite=opts.overwrite) as writer:
 
         def emit(window: Window, probs: np.ndarray) -> None:
@@ -115,7 +115,7 @@ def _dense_run(
         "overlap": overlap,
         "batch_size": opts.batch_size,
         "seconds": timer.seconds,
-        "provenance": {**tags, "tile_size": tile, "overlap": overlap},
+        "provenance": dict(tags),
     }
     if memory is not None:
         summary["memory_plan"] = memory
@@ -124,12 +124,16 @@ def _dense_run(
 
 def _vectorise(output: Path, vector: Path, classes: Sequence[str], *, crs_ok: bool,
                simplify: float | None, min_area: float | None, overwrite: bool,
-               skip: Sequence[int]) -> dict[str, Any]:
+               skip: Sequence[int], tags: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]:
+    """Polygonise the class raster into ``vector`` (with the raster's provenance tags)."""
     from dynamicvis_cli.geo.polygonise import polygonise
     from dynamicvis_cli.geo.write_vector import write_vectors
 
+    start = time.perf_counter()
     gdf = polygonise(output, classes, skip=skip, simplify=simplify, min_area=min_area)
-    write_vectors(gdf, vector, overwrite=overwrite, pixel_coords=not crs_ok, source=output)
+    write_vectors(gdf, vector, overwrite=overwrite, pixel_coords=not crs_ok, source=output,
+                  tags={**tags, "simplify": simplify, "min_area": min_area})
+    seconds["vectorise"] = round(time.perf_counter() - start, 3)
     return {"vector": str(vector), "polygons": int(len(gdf))}
 
 
@@ -158,10 +162,9 @@ def segment_scene(
                         "width": src.width, "height": src.height})
         crs_ok = src.crs is not None
     if vector is not None:
-        start = time.perf_counter()
-        summary.update(_vectorise(Path(output), vector, loaded.config.classes, crs_ok=crs_ok,
-                                  simplify=simplify, min_area=min_area, overwrite=opts.overwrite, skip=()))
-        summary["seconds"]["vectorise"] = round(time.perf_counter() - start, 3)
+        summary.update(_vectorise(Path(output), vector, loaded.config.classes, crs_ok=crs_ok, tags=tags,
+                                  simplify=simplify, min_area=min_area, overwrite=opts.overwrite, skip=(),
+                                  seconds=summary["seconds"]))
     if quicklook is not None:
         from dynamicvis_cli.geo.quicklook import quicklook_classes
 
@@ -213,10 +216,9 @@ def change_scene(
                         "bands": bands, "width": a.width, "height": a.height})
         crs_ok = a.crs is not None
     if vector is not None:
-        start = time.perf_counter()
-        summary.update(_vectorise(Path(output), vector, loaded.config.classes, crs_ok=crs_ok,
-                                  simplify=simplify, min_area=min_area, overwrite=opts.overwrite, skip=(0,)))
-        summary["seconds"]["vectorise"] = round(time.perf_counter() - start, 3)
+        summary.update(_vectorise(Path(output), vector, loaded.config.classes, crs_ok=crs_ok, tags=tags,
+                                  simplify=simplify, min_area=min_area, overwrite=opts.overwrite, skip=(0,),
+                                  seconds=summary["seconds"]))
     if quicklook is not None:
         from dynamicvis_cli.geo.quicklook import quicklook_classes
 
