@@ -17,6 +17,7 @@ import typer
 
 from dynamicvis_cli._version import __version__
 from dynamicvis_cli.cli import bench, change, classify, detect, info, models, segment
+from dynamicvis_cli.cli import evaluate, index, search
 from dynamicvis_cli.errors import DvisError
 
 GDAL_CACHE_MB = 128
@@ -33,6 +34,8 @@ app = typer.Typer(
 for command in (classify, detect, segment, change, info, bench):
     app.registered_commands.extend(command.app.registered_commands)
 app.add_typer(models.app, name="models")
+app.registered_commands.extend(search.app.registered_commands + evaluate.app.registered_commands)
+app.add_typer(index.app, name="index")
 
 
 def _version(value: bool) -> None:
