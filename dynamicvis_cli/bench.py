@@ -42,18 +42,29 @@ sys.exit(code)
 """
 
 
-def make_scene(path: Path, size: int, *, layout: str = "tiled", rows_per_write: int = 1024) -> Path:
-    """Write a ``size`` × ``size`` 3-band uint8 GeoTIFF (EPSG:32633, 0.5 m, nodata 0, DEFLATE)."""
+def parse_scene_size(text: str | int) -> tuple[int, int]:
+    """'5000' → (5000, 5000); '40000x2000' → (width 40000, height 2000)."""
+    parts = str(text).lower().split("x")
+    try:
+        width, height = (int(parts[0]), int(parts[-1])) if len(parts) <= 2 else (0, 0)
+    except ValueError:
+        width = height = 0
+    if min(width, height) < 64:
+        raise DvisUsageError(f"--scene {text}: expected SIZE or WIDTHxHEIGHT, at least 64 pixels each")
+    return width, height
+
+
+def make_scene(path: Path, size: int | str, *, layout: str = "tiled", rows_per_write: int = 1024) -> Path:
+    """Write a ``size`` (side, or 'WxH') 3-band uint8 GeoTIFF (EPSG:32633, 0.5 m, nodata 0, DEFLATE)."""
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
     if layout not in LAYOUTS:
         raise DvisUsageError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
-    if size < 64:
-        raise DvisUsageError(f"--scene {size}: scenes start at 64 pixels")
+    width, height = parse_scene_size(size)
     profile: dict[str, Any] = {
-        "driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
+        "driver": "GTiff", "width": width, "height": height, "count": 3, "dtype": "uint8",
         "crs": "EPSG:32633", "transform": from_origin(500000, 5000000, 0.5, 0.5), "nodata": 0,
         "compress": "deflate", "num_threads": "all_cpus", "bigtiff": "if_safer",
     }
@@ -61,16 +72,16 @@ def make_scene(path: Path, size: int, *, layout: str = "tiled", rows_per_write: 
         profile.update(tiled=True, blockxsize=512, blockysize=512)
     else:
         profile.update(tiled=False)  # GDAL's default strips (a few rows each)
-    cols = np.arange(size, dtype=np.float32)
+    cols = np.arange(width, dtype=np.float32)
     with rasterio.open(path, "w", **profile) as ds:
-        for row in range(0, size, rows_per_write):
-            h = min(rows_per_write, size - row)
+        for row in range(0, height, rows_per_write):
+            h = min(rows_per_write, height - row)
             rows = np.arange(row, row + h, dtype=np.float32)[:, None]
             # Fields and roads: a smooth pattern with edges, cheap to make and to compress.
             base = 128 + 60 * np.sin(cols / 97.0)[None] * np.cos(rows / 71.0) + 30 * ((cols // 400 + rows // 400) % 2)
             band = np.clip(base, 1, 255).astype(np.uint8)
             band[:, :16] = 0  # a nodata border on the left
-            ds.write(np.stack([band, np.roll(band, 7, axis=1), 255 - band]), window=Window(0, row, size, h))
+            ds.write(np.stack([band, np.roll(band, 7, axis=1), 255 - band]), window=Window(0, row, width, h))
     return path
 
 
@@ -127,7 +138,7 @@ def check_output(scene: Path, out: Path) -> dict[str, Any]:
     return {"cog_valid": bool(valid), "cog_errors": errors, "same_grid": same}
 
 
-def bench_sizes(sizes: list[int], opts: BenchOptions, *, layout: str = "tiled", scene: Path | None = None,
+def bench_sizes(sizes: list[int | str], opts: BenchOptions, *, layout: str = "tiled", scene: Path | None = None,
                 workdir: Path | None = None, log: Any = None, limit: int | None = None) -> dict[str, Any]:
     """Generate (or take) each scene, run it, and report one row per size.
 
@@ -138,7 +149,8 @@ def bench_sizes(sizes: list[int], opts: BenchOptions, *, layout: str = "tiled", 
 
     rows = []
     with tempfile.TemporaryDirectory(dir=workdir, prefix="dvis-bench-") as tmp:
-        inputs: list[tuple[int | None, Path]] = [(None, scene)] if scene else [(s, Path(tmp) / f"scene{s}.tif") for s in sizes]
+        inputs: list[tuple[int | str | None, Path]] = (
+            [(None, scene)] if scene else [(s, Path(tmp) / f"scene{s}.tif") for s in sizes])
         for size, path in inputs:
             generate = None
             if size is not None:

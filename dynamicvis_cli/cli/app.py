@@ -20,7 +20,7 @@ from dynamicvis_cli.cli import bench, change, classify, detect, info, models, se
 from dynamicvis_cli.cli import evaluate, index, search
 from dynamicvis_cli.errors import DvisError
 
-GDAL_CACHE_MB = 128
+GDAL_CACHE_MB = 96
 
 app = typer.Typer(
     name="dvis",

@@ -14,7 +14,7 @@ app = typer.Typer()
 
 @app.command("bench")
 def bench(
-    scene: Annotated[list[str] | None, typer.Option("--scene", help="Scene side in pixels (repeat for a series), or a GeoTIFF to run as it is.")] = None,
+    scene: Annotated[list[str] | None, typer.Option("--scene", help="Scene side in pixels, or WIDTHxHEIGHT (repeat for a series), or a GeoTIFF to run as it is.")] = None,
     layout: Annotated[str, typer.Option("--layout", help="Generated scenes: tiled (512 blocks) or striped.")] = "tiled",
     model: o.ModelOpt = "tiny",
     classes: Annotated[int, typer.Option("--classes", min=1, max=254, help="Classes of the random head.")] = 2,
@@ -38,15 +38,17 @@ def bench(
     """
     import json
 
-    from dynamicvis_cli.bench import BenchOptions, bench_sizes, table
+    from dynamicvis_cli.bench import BenchOptions, bench_sizes, parse_scene_size, table
     from dynamicvis_cli.cli.output import emit, err
     from dynamicvis_cli.errors import DvisUsageError
     from dynamicvis_cli.geo.atomic import atomic_output
 
-    sizes, given = [], None
+    sizes: list[int | str] = []
+    given = None
     for item in scene or ["2000", "5000"]:
-        if item.isdigit():
-            sizes.append(int(item))
+        if item.replace("x", "").isdigit():
+            parse_scene_size(item)
+            sizes.append(item)
         elif Path(item).is_file():
             if given is not None or sizes:
                 raise DvisUsageError("--scene: give sizes or one GeoTIFF, not both")

@@ -33,7 +33,7 @@ MB = 1 << 20
 #: Fraction of the budget kept free for what the estimate does not see (allocator slack, GDAL).
 MARGIN = 0.10
 #: GDAL block cache per process when a budget is set (it defaults to 5 % of RAM otherwise).
-GDAL_CACHE_CAP = 128 * MB
+GDAL_CACHE_CAP = 96 * MB
 PREFETCH = 2  # batches each reader worker keeps ready (torch DataLoader's prefetch_factor)
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": MB, "G": 1 << 30, "T": 1 << 40}

@@ -34,7 +34,7 @@ def test_the_batch_shrinks_to_fit_and_never_grows_past_the_request() -> None:
     small, workers = fit(1700)
     assert 1 <= small < 8 and workers == 2
     # check the arithmetic: fixed + batch * per-image stays within 90 % of the budget
-    fixed = 900 + 50 + min(128, 1700 / 20) * 3
+    fixed = 900 + 50 + min(96, 1700 / 20) * 3
     assert fixed + small * (100 + 4 * 5) <= 0.9 * 1700 < fixed + (small + 1) * (100 + 4 * 5)
 
 
