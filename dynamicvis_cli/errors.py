@@ -126,3 +126,11 @@ class ArchiveError(DvisError, ValueError):
     def __init__(self, path: object, problem: str) -> None:
         super().__init__(f"{path}: {problem}")
         self.path = path
+
+
+class DatasetError(DvisUsageError):
+    """A training or evaluation dataset is missing, malformed or inconsistent; names the file."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
