@@ -27,17 +27,26 @@ def classify(
     batch_size: o.BatchOpt = 8,
     workers: o.WorkersOpt = 0,
     device: o.DeviceOpt = "auto",
+    devices: o.DevicesOpt = None,
     precision: o.PrecisionOpt = o.Precision.fp32,
     pixel_coords: o.PixelOpt = False,
     overwrite: o.OverwriteOpt = False,
     skip_existing: o.SkipExistingOpt = False,
     shard: o.ShardOpt = None,
+    manifest: o.ManifestOpt = None,
+    resume: o.ResumeOpt = False,
+    force: o.ForceOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
-    """Classify images (one label each) or, with --grid, the cells of scenes."""
+    """Classify images (one label each) or, with --grid, the cells of scenes.
+
+    Under torchrun or --devices the images (or, with --grid, the scenes) are shared among the
+    ranks; rank 0 writes -o and prints the summary. --manifest/--resume work with --grid.
+    """
     from pathlib import Path
 
-    from dynamicvis_cli.cli.common import load_for_inputs, progress_bar, run_scene_jobs, weights_summary
+    from dynamicvis_cli.cli.common import load_for_inputs, progress_bar, run_scene_jobs, start_ranks
+    from dynamicvis_cli.cli.common import weights_summary
     from dynamicvis_cli.cli.output import emit
     from dynamicvis_cli.errors import DvisUsageError
     from dynamicvis_cli.geo.atomic import check_writable
@@ -45,6 +54,7 @@ def classify(
     from dynamicvis_cli.infer.classify import classify_grid, classify_images, write_records
     from dynamicvis_cli.infer.context import RunOptions
 
+    device = start_ranks(device, devices)  # --devices: may re-run this command once per device
     load = {"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),
             "random_weights": random_weights, "tile_size": grid, "device": device}
     opts_kw = {"device": device, "precision": precision.value, "batch_size": batch_size, "workers": workers,
@@ -59,19 +69,38 @@ def classify(
             return classify_grid(loaded, job.src, job.out, cell=grid, bands=chosen, opts=opts,
                                  pixel_coords=pixel_coords, stretch=stretch)
 
-        run_scene_jobs("classify", "classify", jobs, skip_existing=skip_existing, quiet=quiet, run=run, load=load,
-                       summary_to_stderr=str(output) == "-")
+        run_scene_jobs("classify", "classify", jobs, skip_existing=skip_existing, quiet=quiet, run=run,
+                       load=load, summary_to_stderr=str(output) == "-", manifest=manifest, resume=resume,
+                       force=force,
+                       settings={"cell": grid, "precision": precision.value, "stretch": stretch,
+                                 "pixel_coords": pixel_coords},
+                       split_tiles=False)
         return
+    if manifest is not None or resume:
+        raise DvisUsageError("--manifest and --resume work with --grid (scenes); chips go to one -o file")
+    from dynamicvis_cli.infer.distributed import init_world, rank_share, shutdown
 
     paths = take_shard(expand_inputs(inputs), parse_shard(shard))
     if (output is None) == (out_dir is None):
         raise DvisUsageError("give -o/--output (.csv or .json for all images) or --out-dir (one JSON each)")
     if output is not None:
         check_writable(Path(output), overwrite=overwrite)
-    loaded, _ = load_for_inputs(task="classify", first_input=paths[0], quiet=quiet, **load)
-    with progress_bar(quiet, "classify") as bar:
-        records = classify_images(loaded, paths, bands=load["bands"], opts=RunOptions(progress=bar, **opts_kw),
-                                  top_k=top_k, stretch=stretch)
+    world = init_world(device)  # under torchrun: each rank classifies its share of the images
+    try:
+        loaded, _ = load_for_inputs(task="classify", first_input=paths[0], quiet=quiet or not world.main,
+                                    **load)
+        if loaded.random:
+            world.broadcast_module(loaded.module)
+        with progress_bar(quiet or not world.main, "classify") as bar:
+            records = classify_images(loaded, rank_share(paths, world), bands=load["bands"],
+                                      opts=RunOptions(progress=bar, **opts_kw), top_k=top_k, stretch=stretch)
+        shares = world.gather(records)
+    finally:
+        shutdown()
+    if shares is None:  # another rank: rank 0 writes and reports
+        return
+    # Back in input order: rank r classified images r, r + N, ...
+    records = [shares[i % len(shares)][i // len(shares)] for i in range(len(paths))]
     written = []
     if output is not None:
         write_records(records, Path(output), overwrite=overwrite)

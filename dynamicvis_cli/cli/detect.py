@@ -31,20 +31,26 @@ def detect(
     stretch: o.StretchOpt = False,
     tile_size: o.TileOpt = None,
     overlap: o.OverlapOpt = None,
+    tta: o.TtaOpt = o.Tta.none,
     batch_size: o.BatchOpt = 4,
     workers: o.WorkersOpt = 0,
     max_memory: o.MaxMemoryOpt = None,
     device: o.DeviceOpt = "auto",
+    devices: o.DevicesOpt = None,
     precision: o.PrecisionOpt = o.Precision.fp32,
     pixel_coords: o.PixelOpt = False,
     overwrite: o.OverwriteOpt = False,
     skip_existing: o.SkipExistingOpt = False,
     shard: o.ShardOpt = None,
+    manifest: o.ManifestOpt = None,
+    resume: o.ResumeOpt = False,
+    force: o.ForceOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
     """Detect objects; write boxes (or instance masks) as polygons (.geojson in lon/lat, .gpkg/.parquet/.fgb
     native CRS; -o - streams GeoJSONSeq to stdout and the summary to stderr)."""
-    from dynamicvis_cli.cli.common import run_scene_jobs
+    o.check_resume(manifest, resume)
+    from dynamicvis_cli.cli.common import run_scene_jobs, start_ranks
     from dynamicvis_cli.infer.batch import plan_jobs
     from dynamicvis_cli.infer.context import RunOptions
     from dynamicvis_cli.infer.detect import detect_scene, detect_task
@@ -55,10 +61,12 @@ def detect(
 
         raise DvisUsageError("--quicklook names one file; use it with a single input")
 
+    device = start_ranks(device, devices)  # --devices: may re-run this command once per device
+
     def run(loaded, chosen, job, bar):  # type: ignore[no-untyped-def]
         opts = RunOptions(device=device, precision=precision.value, batch_size=batch_size, workers=workers,
-                          tile_size=tile_size, overlap=overlap, overwrite=overwrite, progress=bar,
-                          max_memory=o.parse_memory(max_memory))
+                          tile_size=tile_size, overlap=overlap, overwrite=overwrite or job.overwrite,
+                          progress=bar, max_memory=o.parse_memory(max_memory), tta=tta.value, world=job.world)
         return detect_scene(loaded, job.src, job.out, bands=chosen, opts=opts, threshold=threshold,
                             iou_threshold=iou_threshold, max_detections=max_detections,
                             pixel_coords=pixel_coords, stretch=stretch, quicklook=quicklook)
@@ -67,5 +75,10 @@ def detect(
     # -o -: the features stream to stdout as GeoJSONSeq, so the summary goes to stderr.
     run_scene_jobs("detect", task, jobs, skip_existing=skip_existing, quiet=quiet, run=run,
                    max_memory=max_memory, summary_to_stderr=str(output) == "-",
+                   manifest=manifest, resume=resume, force=force,
+                   settings={"tile_size": tile_size, "overlap": overlap, "tta": tta.value,
+                             "precision": precision.value, "stretch": stretch, "threshold": threshold,
+                             "iou_threshold": iou_threshold, "max_detections": max_detections,
+                             "masks": masks, "pixel_coords": pixel_coords},
                    load={"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),
                          "random_weights": random_weights, "tile_size": tile_size, "device": device})

@@ -25,6 +25,18 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class Tta(str, Enum):
+    none = "none"
+    flips = "flips"
+    d4 = "d4"
+
+
+class Blend(str, Enum):
+    linear = "linear"
+    cosine = "cosine"
+    centre = "centre"
+
+
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name (dvis models list) or checkpoint path.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Autocast precision.")]
@@ -45,6 +57,21 @@ ThresholdOpt = Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, he
 StretchOpt = Annotated[bool, typer.Option("--stretch", help="Scale each band by its 2nd-98th percentiles (16-bit sensors) instead of by data type.")]
 QuicklookOpt = Annotated[Path | None, typer.Option("--quicklook", help="Also render the result over the image to this .png (one input).")]
 MaxMemoryOpt = Annotated[str | None, typer.Option("--max-memory", help="Host memory budget, e.g. 4G: the batch size, reader workers and GDAL cache are fitted to it.")]
+DevicesOpt = Annotated[str | None, typer.Option(
+    "--devices", help="One process per device, e.g. cuda:0,cuda:1 or cpu,cpu (started through "
+                      "torch.distributed); under torchrun, each rank's device.")]
+TtaOpt = Annotated[Tta, typer.Option(
+    "--tta", help="Test-time augmentation: flips (3 passes) or d4 (8 flips and rotations), averaged "
+                  "per tile.")]
+BlendOpt = Annotated[Blend | None, typer.Option(
+    "--blend", help="Tile weights across overlaps: linear or cosine ramps, or centre (each tile keeps its "
+                    "centre). Default cosine.")]
+ManifestOpt = Annotated[Path | None, typer.Option(
+    "--manifest", help="Append a line per finished input (outputs' sha256, model, settings) to this .jsonl.")]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="With --manifest: skip the inputs it records as done, redo the rest.")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Use a --manifest written with another model or other settings (its inputs are redone).")]
 PixelOpt = Annotated[bool, typer.Option("--pixel-coords", help="Allow a raster without CRS: write pixel coordinates.")]
 
 
@@ -77,3 +104,28 @@ def parse_memory(text: str | None) -> int | None:
     from dynamicvis_cli.infer.memory import parse_size
 
     return parse_size(text)
+
+
+def blend_mode(blend: Blend | None, stitch: str | None) -> str:
+    """``--blend`` or its older spelling ``--stitch`` (blend = cosine, crop = centre) → a mode.
+
+    Raises:
+        typer.BadParameter: an unknown ``--stitch`` value, or the two flags disagree.
+    """
+    if stitch is not None and stitch not in ("blend", "crop", *(b.value for b in Blend)):
+        raise typer.BadParameter(f"'{stitch}': expected blend or crop (or a --blend value)",
+                                 param_hint="--stitch")
+    if blend is None:
+        return stitch or Blend.cosine.value
+    aliases = {"blend": "cosine", "crop": "centre"}
+    if stitch is not None and aliases.get(stitch, stitch) != blend.value:
+        raise typer.BadParameter(f"--stitch {stitch} contradicts --blend {blend.value}; give one of them",
+                                 param_hint="--blend")
+    return blend.value
+
+
+def check_resume(manifest: Path | None, resume: bool) -> None:
+    """``--resume`` needs ``--manifest``: a usage error (exit 2) before anything loads."""
+    if resume and manifest is None:
+        raise typer.BadParameter("--resume needs --manifest FILE (the manifest of the run to resume)",
+                                 param_hint="--resume")

@@ -1,5 +1,9 @@
 """Many inputs: globs, output names from a template, --skip-existing, --shard k/N.
 
+A run manifest (``--manifest``, ``--resume``: :mod:`~dynamicvis_cli.infer.manifest`) and the
+ranks of a distributed run (:mod:`~dynamicvis_cli.infer.distributed`) narrow the jobs further,
+in that order: shard, then resume, then the rank's share.
+
 Sharding is by position in the sorted, de-duplicated input list, so N machines given the same
 arguments and k = 1..N process disjoint subsets whose union is every input, with no coordination
 (xargs, GNU parallel, Slurm arrays).
@@ -9,18 +13,30 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dynamicvis_cli.errors import DvisUsageError, InputNotFoundError
 
 
 @dataclass(frozen=True)
 class Job:
-    """One input and where its output goes."""
+    """One input and where its output goes.
+
+    Attributes:
+        src: the input.
+        out: its output.
+        overwrite: replace an existing output even without ``--overwrite`` (what a killed run
+            left behind, when resuming from a manifest).
+        world: the ranks of a distributed run that share this input's tiles (an
+            :class:`~dynamicvis_cli.infer.distributed.World`); None: one process runs it.
+    """
 
     src: Path
     out: Path
+    overwrite: bool = False
+    world: Any = field(default=None, compare=False)
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[Path]:

@@ -33,6 +33,8 @@ class RunOptions:
     overwrite: bool = False
     progress: ProgressFn | None = None
     max_memory: int | None = None  # bytes; None: no budget
+    tta: str = "none"  # test-time augmentation: none, flips or d4 (see infer/tta.py)
+    world: Any = None  # a distributed World sharing this scene's tiles; None: this process alone
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)

@@ -14,6 +14,11 @@ kept, the largest 4-connected part when the mask falls apart — and that polygo
 box through the merge (:class:`BoxMerger`'s payload), so no tile-sized mask outlives its tile.
 One Polygon per detection keeps every layer a single geometry type. A detection whose mask is
 empty keeps its box polygon; the ``geometry_source`` column says which one each row has.
+
+With ``--tta`` each tile is also run flipped/rotated; every pass's boxes (and masks) are mapped
+back onto the tile and all go to the merger, whose NMS merges the copies. Under a distributed
+run that shares one scene, each rank runs its band of tile rows and applies the per-tile rules
+(:meth:`BoxMerger.admit`); rank 0 adds everything in plan order to one merger and writes.
 """
 
 from __future__ import annotations
@@ -47,9 +52,12 @@ from dynamicvis_cli.infer.context import (
     run_model,
     tiling,
 )
+from dynamicvis_cli.infer.distributed import World, band
 from dynamicvis_cli.infer.runner import ReaderSpec, RunStats, Tile, TileDataset, iterate_batches, stack
-from dynamicvis_cli.infer.stitch_boxes import BoxMerger
-from dynamicvis_cli.infer.tiling import plan_tiles
+from dynamicvis_cli.infer.stitch_boxes import BoxMerger, Detections
+from dynamicvis_cli.infer.tiling import TileGrid
+from dynamicvis_cli.infer.tta import detections as tta_detections
+from dynamicvis_cli.infer.tta import transforms as tta_transforms
 
 
 #: Boxes narrower or lower than this many pixels (after cutting at their tile) are dropped.
@@ -186,45 +194,80 @@ def detect_scene(
     with_masks = loaded.config.task == "instance"
     tile, overlap = tiling(loaded, opts)
     device = opts.torch_device()
+    passes = tta_transforms(opts.tta)
+    world: World = opts.world if opts.world is not None else World()
     _lower_score_floor(loaded.module, threshold)
     with RasterSource(source) as src:
         if src.crs is None and not pixel_coords:
             raise NotGeoreferencedError(source, output)
         bands = src.check_bands(bands)
-        windows = plan_tiles(src.height, src.width, tile, overlap)
+        plan = TileGrid.plan(src.height, src.width, tile, overlap)
+        mine = band(plan.row_starts, src.height, tile, world.rank, world.size, dense=False)
+        ncols = len(plan.col_starts)
+        windows = [plan.window(i, j) for i in range(*mine.run) for j in range(ncols)]
         merger = BoxMerger(src.height, src.width, tile=tile, overlap=overlap, iou_threshold=iou_threshold,
                            score_threshold=threshold, max_detections=max_detections)
         spec = ReaderSpec(Path(source), bands, loaded.config.mean, loaded.config.std,
                           percentile_stretch(src, bands) if stretch else None)
-        checksums = InputChecksums([Path(source)])  # hashed in the background meanwhile
+        # Hashed in the background meanwhile (by the rank that writes the output).
+        checksums = InputChecksums([Path(source)]) if world.main else None
         memory = fit_memory(loaded, opts, device, tile=tile, bands=len(bands), inputs=1, stitcher=0)
         timer, stats = Timer(), RunStats()
-        batches = iterate_batches(TileDataset([spec], windows), batch_size=opts.batch_size,
-                                  workers=opts.workers, stats=stats)
-        for batch in timer.each(batches, "read"):
-            with timer.stage("model"):
-                results = run_model(loaded, device, opts.precision, stack(batch, 0, device))
-            for t, r in zip(batch, results):
-                boxes = r["boxes"].float().cpu().numpy()
-                valid = t.valid.numpy()
-                h, w = valid.shape
-                cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2).astype(int), 0, w - 1)
-                cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2).astype(int), 0, h - 1)
-                labels = r["labels"].cpu().numpy()
-                # FCOS's class 0 is background (never a training target): not a detection.
-                keep = (valid[cy, cx] & (labels >= 1)) if len(boxes) else np.zeros(0, dtype=bool)
-                # Under a pixel on a side (after cutting at the tile) is not an object at this
-                # resolution, and would collapse to a line in 7-decimal GeoJSON.
-                bw = np.minimum(boxes[:, 2], w) - np.maximum(boxes[:, 0], 0)
-                bh = np.minimum(boxes[:, 3], h) - np.maximum(boxes[:, 1], 0)
-                keep &= (bw >= MIN_BOX_PIXELS) & (bh >= MIN_BOX_PIXELS)
-                kept = np.flatnonzero(keep)
-                payload = _mask_payload(r["masks"], t, kept, src.transform) if with_masks else None
-                merger.add(t.window, boxes[keep], r["scores"].float().cpu().numpy()[keep],
-                           labels[keep] - 1, payload=payload)
+
+        def predict(x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+            return run_model(loaded, device, opts.precision, x)  # type: ignore[no-any-return]
+
+        admitted: list[tuple[int, int, Detections]] = []  # (tile row, tile column, detections)
+        error: BaseException | None = None
+        try:
+            batches = iterate_batches(TileDataset([spec], windows), batch_size=opts.batch_size,
+                                      workers=opts.workers, stats=stats)
+            for batch in timer.each(batches, "read"):
+                with timer.stage("model"):
+                    images = stack(batch, 0, device)
+                    results = predict(images) if len(passes) == 1 else tta_detections(predict, images, passes)
+                for t, r in zip(batch, results):
+                    boxes = r["boxes"].float().cpu().numpy()
+                    valid = t.valid.numpy()
+                    h, w = valid.shape
+                    cx = np.clip(((boxes[:, 0] + boxes[:, 2]) / 2).astype(int), 0, w - 1)
+                    cy = np.clip(((boxes[:, 1] + boxes[:, 3]) / 2).astype(int), 0, h - 1)
+                    labels = r["labels"].cpu().numpy()
+                    # FCOS's class 0 is background (never a training target): not a detection.
+                    keep = (valid[cy, cx] & (labels >= 1)) if len(boxes) else np.zeros(0, dtype=bool)
+                    # Under a pixel on a side (after cutting at the tile) is not an object at this
+                    # resolution, and would collapse to a line in 7-decimal GeoJSON.
+                    bw = np.minimum(boxes[:, 2], w) - np.maximum(boxes[:, 0], 0)
+                    bh = np.minimum(boxes[:, 3], h) - np.maximum(boxes[:, 1], 0)
+                    keep &= (bw >= MIN_BOX_PIXELS) & (bh >= MIN_BOX_PIXELS)
+                    kept = np.flatnonzero(keep)
+                    payload = _mask_payload(r["masks"], t, kept, src.transform) if with_masks else None
+                    dets = merger.admit(t.window, boxes[keep], r["scores"].float().cpu().numpy()[keep],
+                                        labels[keep] - 1, payload=payload)
+                    if world.distributed:
+                        admitted.append((*plan.position(t.window), dets))
+                    else:
+                        merger.add_admitted(t.window, dets)
+                timer.lap("merge")
+                if opts.progress:
+                    opts.progress(min(stats.tiles, len(windows)), len(windows))
+        except Exception as exc:  # handed to every rank by agree(); re-raised here alone
+            error = exc
+        world.agree(error)
+        share: dict[str, Any] = {"admitted": admitted, "tiles": stats.tiles, "skipped": stats.skipped_invalid,
+                                 "model_s": timer.seconds.get("model", 0.0)}
+        shares = world.gather(share)
+        if not world.main:
+            return {"rank": world.rank, "tiles": stats.tiles, "seconds": timer.seconds}
+        assert shares is not None and checksums is not None
+        if world.distributed:
+            # Plan order, as one process would have added them: the merge is then the same.
+            for i, j, dets in sorted((x for share in shares for x in share["admitted"]),
+                                     key=lambda x: (x[0], x[1])):
+                merger.add_admitted(plan.window(i, j), dets)
             timer.lap("merge")
-            if opts.progress:
-                opts.progress(min(stats.tiles, len(windows)), len(windows))
+        tiles_total = sum(x["tiles"] for x in shares)
+        tiles_skipped = sum(x["skipped"] for x in shares)
         det = merger.result()
         mask_polys = det.payload if det.payload is not None else [None] * len(det)
         from_mask = [p is not None for p in mask_polys]
@@ -243,7 +286,8 @@ def detect_scene(
         timer.lap("merge")
         tags = provenance(loaded, [Path(source)], checksums=checksums, bands=bands, command="detect",
                           tile_size=tile, overlap=overlap, threshold=threshold, iou_threshold=iou_threshold,
-                          max_detections=max_detections, masks=with_masks)
+                          max_detections=max_detections, masks=with_masks,
+                          tta=opts.tta if opts.tta != "none" else None)
         timer.lap("checksum_wait")
         write_vectors(gdf, output, overwrite=opts.overwrite, pixel_coords=src.crs is None, source=source,
                       tags=tags)
@@ -258,8 +302,10 @@ def detect_scene(
             "quicklook": str(quicklook) if quicklook else None,
             "detections": int(len(det.scores)), "per_class": counts, "threshold": threshold,
             "masks": with_masks, "mask_polygons": int(sum(from_mask)),
-            "tiles": stats.tiles, "tiles_run": stats.tiles - stats.skipped_invalid,
-            "tiles_skipped_nodata": stats.skipped_invalid, "batch_size": opts.batch_size,
-            "tile_size": tile, "overlap": overlap, "bands": bands, "seconds": timer.seconds,
+            "tiles": tiles_total, "tiles_run": tiles_total - tiles_skipped,
+            "tiles_skipped_nodata": tiles_skipped, "batch_size": opts.batch_size,
+            "tile_size": tile, "overlap": overlap, "tta": opts.tta, "bands": bands, "seconds": timer.seconds,
             "provenance": tags, **({"memory_plan": memory} if memory is not None else {}),
+            **({"ranks": {"count": world.size, "model_s": [x["model_s"] for x in shares]}}
+               if world.distributed else {}),
         }

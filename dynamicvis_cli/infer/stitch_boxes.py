@@ -208,16 +208,28 @@ class BoxMerger:
         """
         if self._done:
             raise DvisUsageError("tile added to a box merger after its result() was taken")
+        self.add_admitted(window, self.admit(window, boxes, scores, labels, masks, payload))
+
+    def admit(
+        self,
+        window: Window,
+        boxes: ArrayLike | torch.Tensor,
+        scores: ArrayLike | torch.Tensor,
+        labels: ArrayLike | torch.Tensor,
+        masks: ArrayLike | torch.Tensor | None = None,
+        payload: Payload | None = None,
+    ) -> Detections:
+        """The first half of :meth:`add`: one tile's detections that pass the per-tile rules.
+
+        The rules (clip, shift, score threshold, seam rule) depend only on the tile, the plan
+        and the thresholds, never on other tiles, so this may run anywhere (e.g. on another rank
+        of a distributed run, on a merger built with the same arguments); the result goes to
+        :meth:`add_admitted` of the merger that merges the scene. Arguments as for :meth:`add`.
+
+        Returns:
+            The admitted detections in scene pixels, in the tile's own order.
+        """
         self.grid.position(window)  # raises for a window that is not a planned tile
-        if window.row_off < self._row_off:
-            raise DvisUsageError(
-                f"{window!r} arrived after a tile at row {self._row_off}: tiles must be added "
-                "in plan_tiles order (row-major)"
-            )
-        if window.row_off > self._row_off:
-            if self._pending_count > self.max_pending:
-                self._settle(window.row_off)
-            self._row_off = int(window.row_off)
         b = _as_numpy(boxes).astype(np.float64).reshape(-1, 4)
         s = _as_numpy(scores).astype(np.float32).reshape(-1)
         lab = _as_numpy(labels).astype(np.int64).reshape(-1)
@@ -243,18 +255,47 @@ class BoxMerger:
             raise DvisUsageError(f"tile {window!r}: {len(b)} boxes and {len(payload)} payloads")
         keep, scene = self._to_scene(window, b, s)
         index = np.flatnonzero(keep)
-        if len(index):
-            pieces = None if m is None else [_crop_mask(window, m[k], scene[k]) for k in index]
-            items = None
-            if payload is not None:
-                items = list(payload(index)) if callable(payload) else [payload[k] for k in index]
-                if len(items) != len(index):
-                    raise DvisUsageError(
-                        f"tile {window!r}: the payload gave {len(items)} objects for {len(index)} "
-                        "detections"
-                    )
-            self._pending.append(Detections(scene[index], s[index], lab[index], pieces, items))
-            self._pending_count += len(index)
+        pieces = None if m is None else [_crop_mask(window, m[k], scene[k]) for k in index]
+        items: list[Any] | None = None
+        if payload is not None and not len(index):
+            items = []
+        elif payload is not None:
+            items = list(payload(index)) if callable(payload) else [payload[k] for k in index]
+            if len(items) != len(index):
+                raise DvisUsageError(
+                    f"tile {window!r}: the payload gave {len(items)} objects for {len(index)} "
+                    "detections"
+                )
+        return Detections(scene[index], s[index], lab[index], pieces, items)
+
+    def add_admitted(self, window: Window, dets: Detections) -> None:
+        """The second half of :meth:`add`: hold admitted detections of one tile for the NMS.
+
+        Args:
+            window: the planned tile they come from; tiles must come in row-major order.
+            dets: what :meth:`admit` returned for that tile (here or on another merger).
+
+        Raises:
+            DvisUsageError: an unplanned or out-of-order window, or a merger whose result was
+                taken.
+        """
+        if self._done:
+            raise DvisUsageError("tile added to a box merger after its result() was taken")
+        self.grid.position(window)  # raises for a window that is not a planned tile
+        if window.row_off < self._row_off:
+            raise DvisUsageError(
+                f"{window!r} arrived after a tile at row {self._row_off}: tiles must be added "
+                "in plan_tiles order (row-major)"
+            )
+        if window.row_off > self._row_off:
+            if self._pending_count > self.max_pending:
+                self._settle(window.row_off)
+            self._row_off = int(window.row_off)
+        if self._with_payload is None:
+            self._with_payload = dets.payload is not None
+        if len(dets):
+            self._pending.append(dets)
+            self._pending_count += len(dets)
             self.peak_pending = max(self.peak_pending, self._pending_count)
 
     def result(self) -> Detections:

@@ -22,8 +22,27 @@ from rasterio.windows import Window
 from dynamicvis_cli.errors import DvisUsageError
 from dynamicvis_cli.infer.tiling import TileGrid, check_tiling
 
-Mode = Literal["blend", "crop"]
-MODES: tuple[Mode, ...] = ("blend", "crop")
+Mode = Literal["linear", "cosine", "centre", "blend", "crop"]
+#: The tile-weight profiles (``--blend``), then the older names kept as aliases (``--stitch``).
+BLENDS: tuple[Mode, ...] = ("linear", "cosine", "centre")
+ALIASES: dict[str, Mode] = {"blend": "cosine", "crop": "centre"}
+MODES: tuple[Mode, ...] = (*BLENDS, "blend", "crop")
+
+
+def canonical_mode(mode: str) -> Mode:
+    """A blend mode or one of its aliases → its canonical name (``blend`` → ``cosine``, ...).
+
+    Raises:
+        DvisUsageError: an unknown mode.
+    """
+    if mode in ALIASES:
+        return ALIASES[mode]
+    if mode not in BLENDS:
+        raise DvisUsageError(
+            f"stitching mode {mode!r}: expected one of {', '.join(BLENDS)} "
+            "(or blend = cosine, crop = centre)"
+        )
+    return mode
 
 EmitFn = Callable[[Window, NDArray[np.float32]], None]
 """``emit(window, array)``: a finished full-width band; ``array`` is float32 (channels, h, w)."""
@@ -36,24 +55,27 @@ def axis_weights(start: int, size: int, tile: int, overlap: int, mode: Mode) -> 
     ``start + tile < size`` for the far side); only interior sides are tapered or trimmed, so
     pixels at the scene border keep full weight.
 
-    - ``"blend"``: on an interior side the weight rises over the ``overlap`` pixels as a half Hann
-      window, ``sin²(π/2 · (d + ½) / overlap)`` for a pixel ``d`` pixels from that side, and is 1
-      elsewhere. Where two tiles meet at the planned stride the two ramps add up to exactly 1
-      (sin² + cos²), so a model that agrees with itself is reproduced exactly, and the pixels
-      next to a tile edge, where zero padding distorts a convolutional model most, get the least
-      weight (never 0, so each covered pixel keeps some weight).
-    - ``"crop"``: 1 on the tile's centre, 0 on the ``overlap // 2`` pixels of an interior near
-      side and the ``overlap - overlap // 2`` pixels of an interior far side. Neighbours' kept
-      parts then meet without a gap (they overlap where tiles sit closer than the stride), and a
-      model whose receptive field reaches at most ``overlap // 2`` pixels gives the whole-image
-      result.
+    - ``"cosine"`` (alias ``"blend"``): on an interior side the weight rises over the ``overlap``
+      pixels as a half Hann window, ``sin²(π/2 · (d + ½) / overlap)`` for a pixel ``d`` pixels
+      from that side, and is 1 elsewhere. Where two tiles meet at the planned stride the two
+      ramps add up to exactly 1 (sin² + cos²), so a model that agrees with itself is reproduced
+      exactly, and the pixels next to a tile edge, where zero padding distorts a convolutional
+      model most, get the least weight (never 0, so each covered pixel keeps some weight).
+    - ``"linear"``: the same, with a triangular ramp ``(d + ½) / overlap``; two ramps meeting at
+      the planned stride also add up to 1. Less weight than cosine deep in the overlap, more
+      right at the tile edge.
+    - ``"centre"`` (alias ``"crop"``): 1 on the tile's centre, 0 on the ``overlap // 2`` pixels
+      of an interior near side and the ``overlap - overlap // 2`` pixels of an interior far side.
+      Neighbours' kept parts then meet without a gap (they overlap where tiles sit closer than
+      the stride), and a model whose receptive field reaches at most ``overlap // 2`` pixels
+      gives the whole-image result.
 
     Args:
         start: tile offset along the axis.
         size: scene length along the axis.
         tile: tile length.
         overlap: planned overlap between neighbouring tiles.
-        mode: "blend" or "crop".
+        mode: "linear", "cosine" or "centre" (or the aliases "blend", "crop").
 
     Returns:
         (tile,) float64 weights in [0, 1]; entries past the scene edge are meaningless.
@@ -62,13 +84,17 @@ def axis_weights(start: int, size: int, tile: int, overlap: int, mode: Mode) -> 
     near, far = start > 0, start + tile < size
     if overlap == 0 or not (near or far):
         return weights
-    if mode == "crop":
+    mode = canonical_mode(mode)
+    if mode == "centre":
         if near:
             weights[: overlap // 2] = 0.0
         if far:
             weights[tile - (overlap - overlap // 2) :] = 0.0
         return weights
-    ramp = np.sin(0.5 * np.pi * (np.arange(overlap) + 0.5) / overlap) ** 2
+    if mode == "linear":
+        ramp = (np.arange(overlap) + 0.5) / overlap
+    else:
+        ramp = np.sin(0.5 * np.pi * (np.arange(overlap) + 0.5) / overlap) ** 2
     n = min(overlap, tile)
     if near:
         weights[:n] = np.minimum(weights[:n], ramp[:n])
@@ -122,7 +148,8 @@ class DenseStitcher:
             channels: values per pixel (classes, or 1 for a probability).
             tile: tile side the tiles were planned with.
             overlap: overlap the tiles were planned with.
-            mode: "blend" (tapered weights) or "crop" (centre parts only); see :func:`axis_weights`.
+            mode: "linear" or "cosine" (tapered weights; "blend" = cosine) or "centre" (centre
+                parts only; "crop" = centre); see :func:`axis_weights`.
             emit: called with each final block ``(Window(col, row, cols, rows), (channels, rows,
                 cols) float32)``.
             accumulate: dtype of the sums, "float64" (pointwise results bit-exact) or "float32"
@@ -134,8 +161,7 @@ class DenseStitcher:
             DvisUsageError: invalid sizes, tiling or mode.
         """
         check_tiling(tile, overlap)
-        if mode not in MODES:
-            raise DvisUsageError(f"stitching mode {mode!r}: expected one of {', '.join(MODES)}")
+        canonical_mode(mode)  # raises for an unknown mode
         if channels < 1:
             raise DvisUsageError(f"{channels} output channels: need at least 1")
         if accumulate not in ("float64", "float32"):
