@@ -1,7 +1,9 @@
 """``dvis evaluate --task TASK``: score a model on labelled data.
 
-Each task is one function in :data:`TASKS`, called with the parsed options; adding a task
-(classify, detect, segment, change) means adding a function and a row there.
+Each task is one function in :data:`TASKS`, called with the parsed options: retrieval
+(:mod:`dynamicvis_cli.retrieval.evaluate`) and the fine-tuned tasks classify, segment, change,
+detect and instance (:mod:`dynamicvis_cli.evaluate.tasks`). The JSON report goes to stdout, a
+table of the main metrics to stderr.
 """
 
 from __future__ import annotations
@@ -49,15 +51,120 @@ def _retrieval(opts: dict[str, Any]) -> dict[str, Any]:
     return {"model": opts["model"], "weights": embedder.weights, "random_weights": embedder.random, **report}
 
 
+def _task_model(task: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The evaluation of a fine-tuned ``task`` checkpoint on a dataset in any format finetune reads."""
+
+    def run(opts: dict[str, Any]) -> dict[str, Any]:
+        from dynamicvis_cli.cli.common import progress_bar
+        from dynamicvis_cli.cli.output import err
+        from dynamicvis_cli.errors import DvisUsageError
+        from dynamicvis_cli.evaluate.tasks import evaluate_task
+
+        if opts["data"] is None:
+            raise DvisUsageError(f"--task {task} needs --data (a dataset as dvis finetune reads it)")
+        if opts["queries"] is not None or opts["query_split"] is not None:
+            raise DvisUsageError("--queries and --query-split are for --task retrieval")
+        with progress_bar(opts["quiet"], f"evaluate {task}") as bar:
+            report = evaluate_task(opts["model"], str(opts["data"]), task, format=opts["format"],
+                                   palette=opts["palette"], image_root=opts["image_root"],
+                                   split=opts["split"], device=opts["device"], precision=opts["precision"],
+                                   batch_size=opts["batch_size"], tile_size=opts["tile_size"],
+                                   workers=opts["workers"], target_class=opts["target_class"],
+                                   random_weights=opts["random_weights"], progress=bar)
+        if report["random_weights"] and not opts["quiet"]:
+            err.print(f"[yellow]warning:[/] {opts['model']}: random weights; the scores are a floor, "
+                      "not a result")
+        return report
+
+    run.__doc__ = f"Metrics of a fine-tuned {task} model."
+    return run
+
+
 TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "retrieval": _retrieval,
+    **{t: _task_model(t) for t in ("classify", "segment", "change", "detect", "instance")},
 }
+
+#: Metrics shown in the stderr table, per task (all of them are in the JSON).
+_TABLE = {
+    "classify": ("accuracy", "precision", "recall", "f1"),
+    "segment": ("miou", "accuracy", "f1", "target_precision", "target_recall", "target_f1", "target_iou"),
+    "change": ("precision", "recall", "f1", "iou", "accuracy", "miou"),
+    "detect": ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100"),
+    "instance": ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100"),
+}
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """The main metrics as a readable table on stderr (per class where the task has classes)."""
+    from rich.table import Table
+
+    from dynamicvis_cli.cli.output import err
+
+    task = report["task"]
+    metrics = report.get("metrics")
+    if task not in _TABLE or not isinstance(metrics, dict):
+        return
+    title = f"{task}: {report['model']} on {report['data']} ({report['items']} items)"
+    table = Table(title=title, title_justify="left")
+    if task == "instance":
+        table.add_column("metric")
+        table.add_column("mask", justify="right")
+        table.add_column("box", justify="right")
+        for key in _TABLE[task]:
+            table.add_row(key, _fmt(metrics["mask"].get(key)), _fmt(metrics["box"].get(key)))
+    else:
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key in _TABLE[task]:
+            if key in metrics:
+                table.add_row(key + (f" ({metrics['target_class']})" if key.startswith("target_") else ""),
+                              _fmt(metrics[key]))
+    err.print(table)
+    per_class = metrics.get("per_class")
+    if isinstance(per_class, dict) and per_class:
+        pc = Table(title="per class", title_justify="left")
+        for col in ("class", "precision", "recall", "f1", "iou", "support"):
+            pc.add_column(col, justify="left" if col == "class" else "right")
+        for name, v in per_class.items():
+            pc.add_row(name, *(_fmt(v[k]) for k in ("precision", "recall", "f1", "iou")), str(v["support"]))
+        err.print(pc)
+    ap = metrics.get("per_class_ap") or (metrics.get("mask") or {}).get("per_class_ap")
+    if isinstance(ap, dict) and ap:
+        pc = Table(title="AP per class (0.50:0.95)", title_justify="left")
+        pc.add_column("class")
+        pc.add_column("AP", justify="right")
+        for name, v in ap.items():
+            pc.add_row(name, _fmt(v))
+        err.print(pc)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return "n/a" if v < 0 else f"{v:.4f}"
+    return str(v)
 
 
 @app.command("evaluate")
 def evaluate(
     task: Annotated[str, typer.Option("--task", help=f"What to evaluate: {', '.join(TASKS)}.")],
-    data: Annotated[Path | None, typer.Option("--data", help="Labelled data: class folders, or a CSV path,labels[,split].")] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Labelled data: retrieval: class folders or a CSV path,labels[,split]; other tasks: "
+                       "a dataset as dvis finetune reads it (folder, COCO .json or geo .yaml).")] = None,
+    format: Annotated[str, typer.Option(
+        "--format", help="Dataset format (not retrieval): auto, imagefolder, masks, change-pairs, coco, "
+                         "yolo, nwpu, voc, dota, geo.")] = "auto",
+    palette: Annotated[str | None, typer.Option(
+        "--palette", help="Colour masks: JSON/YAML file mapping class names to #RRGGBB.")] = None,
+    image_root: Annotated[str | None, typer.Option(
+        "--image-root", help="COCO: folder of the images (default: beside the .json).")] = None,
+    target_class: Annotated[str | None, typer.Option(
+        "--target-class", help="Segment/change: the class whose precision/recall/F1/IoU are reported "
+                               "(default: the second of two classes).")] = None,
+    tile_size: o.TileOpt = None,
+    workers: o.WorkersOpt = 0,
     queries: Annotated[Path | None, typer.Option("--queries", help="Retrieval: labelled query images (default: --data, leave-one-out).")] = None,
     split: Annotated[str | None, typer.Option("--split", help="Use this split of --data (a subfolder, or the CSV's split column).")] = None,
     query_split: Annotated[str | None, typer.Option("--query-split", help="Retrieval: queries are this split (of --queries or --data).")] = None,
@@ -86,7 +193,8 @@ def evaluate(
             raise DvisUsageError(f"{output}: the report is written as .json")
         check_writable(output, overwrite=overwrite)
     opts = {"data": data, "queries": queries, "split": split, "query_split": query_split, "k": k,
-            "bits": bits,
+            "bits": bits, "format": format, "palette": palette, "image_root": image_root,
+            "target_class": target_class, "tile_size": tile_size, "workers": workers,
             "model": model, "random_weights": random_weights, "seed": seed, "bands": bands,
             "batch_size": batch_size, "device": device, "precision": precision.value, "quiet": quiet}
     report = {"command": "evaluate", "task": task, **TASKS[task](opts)}
@@ -94,4 +202,6 @@ def evaluate(
         with atomic_output(output, overwrite=overwrite) as tmp:
             tmp.write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
         report["output"] = str(output)
+    if not quiet:
+        print_table(report)
     emit(report)
