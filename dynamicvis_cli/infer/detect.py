@@ -193,6 +193,11 @@ def detect_scene(
     classes = loaded.config.classes
     with_masks = loaded.config.task == "instance"
     tile, overlap = tiling(loaded, opts)
+    coarsest = 2 * loaded.config.backbone.reductions[-1]  # the FPN's extra max-pooled level
+    if tile < 2 * coarsest:
+        # torchvision's detection heads normalise each level with GroupNorm, which needs more
+        # than one value per group: the stride-64 level must be at least 2 x 2.
+        raise DvisUsageError(f"--tile-size {tile}: detection needs tiles of at least {2 * coarsest} px")
     device = opts.torch_device()
     passes = tta_transforms(opts.tta)
     world: World = opts.world if opts.world is not None else World()

@@ -119,6 +119,7 @@ def truncated_tif(tmp_path: Path) -> Path:
         ("no_crs_geojson", 2, "--pixel-coords"),
         ("random_not_asked", 2, "--random-weights"),
         ("output_exists", 2, "--overwrite"),
+        ("tile_too_small_for_detection", 2, "at least 128 px"),
     ],
 )
 def test_bad_input(case: str, code: int, message: str, tmp_path: Path, truncated_tif: Path) -> None:
@@ -146,6 +147,8 @@ def test_bad_input(case: str, code: int, message: str, tmp_path: Path, truncated
         args.remove("--random-weights")
     elif case == "output_exists":
         out.write_text("{}")
+    elif case == "tile_too_small_for_detection":
+        args += ["--tile-size", "64"]
     run = dvis(*args)
     assert run.returncode == code, run.stderr
     assert message in run.stderr and "Traceback" not in run.stderr
