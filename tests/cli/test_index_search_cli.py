@@ -144,5 +144,5 @@ def test_evaluate_retrieval_on_labelled_chips(tmp_path: Path) -> None:
     assert summary["random_weights"] is True
     assert json.loads(report.read_text())["results"] == summary["results"]
     assert [r["representation"] for r in summary["results"]] == ["float", "binary", "hash-32"]
-    unknown = dvis("evaluate", "--task", "segment", "--data", tmp_path / "data")
+    unknown = dvis("evaluate", "--task", "ranking", "--data", tmp_path / "data")
     assert unknown.returncode == 2 and "retrieval" in unknown.stderr
