@@ -45,13 +45,20 @@ def change(
 
     Exit code 3 when the grids differ and --align was not given.
     """
-    from dynamicvis_cli.cli.common import load_for_inputs, progress_bar, start_ranks, weights_summary
+    from dynamicvis_cli.cli.common import (
+        load_for_inputs,
+        peak_rss_summary,
+        progress_bar,
+        rank_errors,
+        start_ranks,
+        weights_summary,
+    )
     from dynamicvis_cli.cli.output import emit
     from dynamicvis_cli.errors import InputNotFoundError
     from dynamicvis_cli.infer.context import RunOptions
     from dynamicvis_cli.infer.dense import change_scene
-    from dynamicvis_cli.infer.distributed import RankFailedError, ReportedElsewhere, init_world, shutdown
-    from dynamicvis_cli.infer.memory import MB, peak_rss, set_gdal_cache
+    from dynamicvis_cli.infer.distributed import init_world
+    from dynamicvis_cli.infer.memory import set_gdal_cache
 
     for path in (before, after):
         if not path.exists():
@@ -59,7 +66,7 @@ def change(
     device = start_ranks(device, devices)  # --devices: may re-run this command once per device
     set_gdal_cache(o.parse_memory(max_memory))  # before the first raster is read
     world = init_world(device)  # under torchrun: the ranks share the pair's tiles
-    try:
+    with rank_errors(world):
         loaded, chosen = load_for_inputs(model, "change", before, bands=o.parse_bands(bands),
                                          classes=o.parse_classes(classes), random_weights=random_weights,
                                          tile_size=tile_size, device=device, quiet=quiet or not world.main)
@@ -74,15 +81,8 @@ def change(
             summary = change_scene(loaded, before, after, output, bands=chosen, opts=opts, align=align,
                                    resampling=resampling, vector=vector, simplify=simplify, min_area=min_area,
                                    stretch=stretch, quicklook=quicklook, mode=o.blend_mode(blend, None))
-    except (RankFailedError, ReportedElsewhere) as exc:
-        if world.main:
-            raise
-        raise typer.Exit(exc.exit_code) from None  # rank 0 reports it
-    finally:
-        shutdown()
     if not world.main:
         return
-    peak = peak_rss()
     emit({"command": "change", **weights_summary(loaded), "runs": [summary], "failed": [],
-          "peak_rss_mb": {"main": round(peak["self"] / MB, 1), "children": round(peak["children"] / MB, 1)},
+          "peak_rss_mb": peak_rss_summary(),
           **({"ranks": {"count": world.size, "split": "tiles"}} if world.distributed else {})})

@@ -97,7 +97,7 @@ def run_scene_jobs(command: str, task: str, jobs: list[Any], *, skip_existing: b
     under another key.
     """
     from dynamicvis_cli.errors import DvisUsageError
-    from dynamicvis_cli.infer.distributed import RankFailedError, ReportedElsewhere, init_world, shutdown
+    from dynamicvis_cli.infer.distributed import init_world
     from dynamicvis_cli.infer.memory import parse_size, set_gdal_cache
 
     if resume and manifest is None:
@@ -107,10 +107,20 @@ def run_scene_jobs(command: str, task: str, jobs: list[Any], *, skip_existing: b
     budget = parse_size(max_memory) if max_memory is not None else None
     set_gdal_cache(budget)  # before the first raster is read
     world = init_world(load["device"])
-    try:
+    with rank_errors(world):
         _run_jobs(command, task, jobs, world=world, skip_existing=skip_existing, quiet=quiet, load=load,
                   run=run, summary_to_stderr=summary_to_stderr, manifest=manifest, resume=resume,
                   force=force, settings=settings or {}, split_tiles=split_tiles)
+
+
+@contextlib.contextmanager
+def rank_errors(world: Any) -> Iterator[None]:
+    """Run a command's work on this rank: rank 0 reports a failure (its own or another rank's),
+    the other ranks exit with its code silently; the process group is shut down in any case."""
+    from dynamicvis_cli.infer.distributed import RankFailedError, ReportedElsewhere, shutdown
+
+    try:
+        yield
     except (RankFailedError, ReportedElsewhere) as exc:
         if world.main:
             raise
@@ -119,6 +129,14 @@ def run_scene_jobs(command: str, task: str, jobs: list[Any], *, skip_existing: b
         raise typer.Exit(exc.exit_code) from None  # rank 0 reports it
     finally:
         shutdown()
+
+
+def peak_rss_summary() -> dict[str, float]:
+    """The summary's ``peak_rss_mb``: this process and its largest child, in MB."""
+    from dynamicvis_cli.infer.memory import MB, peak_rss
+
+    peak = peak_rss()
+    return {"main": round(peak["self"] / MB, 1), "children": round(peak["children"] / MB, 1)}
 
 
 def _plan_resume(jobs: list[Any], manifest: Path | None, key: Any, *, resume: bool, force: bool,
@@ -250,7 +268,7 @@ def _run_jobs(command: str, task: str, jobs: list[Any], *, world: Any, skip_exis
     if world.distributed:
         summary["ranks"] = {"count": world.size, "split": split}
     summary.update({
-        "peak_rss_mb": {"main": round(peak["self"] / MB, 1), "children": round(peak["children"] / MB, 1),
+        "peak_rss_mb": {**peak_rss_summary(),
                         **({"ranks": [round(s["peak"]["self"] / MB, 1) for s in shares]}
                            if split == "inputs" and world.distributed else {})},
         "wall_s": round(time.perf_counter() - start, 3)})
