@@ -80,6 +80,14 @@ class RasterReadError(DvisError, OSError):
         self.path = path
 
 
+class VectorReadError(DvisUsageError, OSError):
+    """A vector input (regions, labels) cannot be read or holds nothing usable."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+
+
 class BandIndexError(DvisUsageError, IndexError):
     """A requested band (1-based) does not exist in the raster."""
 

@@ -35,6 +35,10 @@ class ModelConfig:
         task: ``backbone`` for feature extractors; later ``classify``, ``detect``, ...
         classes: class names of a task head, in output order.
         bands: names of the input bands the weights expect, in order (informational).
+        band_indexes: the 1-based raster bands the weights were trained on (``dvis finetune
+            --bands 3,2,1`` records ``[3, 2, 1]``), one per input channel: what inference, evaluation
+            and indexing read when no ``--bands`` is given (:meth:`default_bands`). None (configs
+            written before it existed, imported and released models): the raster's first bands.
         mean, std: per-band normalisation applied to pixel values scaled to 0..1.
         tile_size: the tile side inference uses by default.
         token_budget: cap on tokens selected per unit, or None.
@@ -50,6 +54,7 @@ class ModelConfig:
     task: str = "backbone"
     classes: list[str] = field(default_factory=list)
     bands: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
+    band_indexes: list[int] | None = None
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     tile_size: int = 512
@@ -63,7 +68,16 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["backbone"] = self.backbone.to_dict()
+        if d["band_indexes"] is None:
+            del d["band_indexes"]  # configs without recorded bands stay as they were written
         return d
+
+    def default_bands(self) -> list[int]:
+        """The 1-based bands to read when the user gives no ``--bands``: the recorded
+        :attr:`band_indexes`, else the first ``in_chans`` bands."""
+        if self.band_indexes is not None and len(self.band_indexes) == self.backbone.in_chans:
+            return [int(b) for b in self.band_indexes]
+        return list(range(1, self.backbone.in_chans + 1))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
@@ -83,9 +97,20 @@ class ModelConfig:
             raise CheckpointError(source, f"unknown config fields: {', '.join(sorted(unknown))}")
         try:
             d["backbone"] = BackboneSpec.from_dict(d["backbone"])
-            return cls(**d)
+            config = cls(**d)
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(source, f"invalid model config: {exc}") from exc
+        indexes = config.band_indexes
+        if indexes is not None:
+            if (not isinstance(indexes, list) or not indexes
+                    or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in indexes)):
+                raise CheckpointError(source, f"invalid model config: band_indexes {indexes!r} must be a list "
+                                              "of 1-based band numbers")
+            if len(indexes) != config.backbone.in_chans:
+                raise CheckpointError(source, f"invalid model config: band_indexes {indexes} name "
+                                              f"{len(indexes)} band(s) but the model takes "
+                                              f"{config.backbone.in_chans}")
+        return config
 
     @classmethod
     def from_json(cls, text: str, *, source: object = "config") -> ModelConfig:
@@ -99,7 +124,8 @@ class ModelConfig:
 
     def with_bands(self, n: int) -> ModelConfig:
         """A copy for ``n`` input bands: backbone in_chans, and per-band mean/std/names repeated
-        cyclically when their count changes; the original count is kept in the provenance."""
+        cyclically when their count changes; the original count is kept in the provenance. The
+        recorded :attr:`band_indexes` no longer apply to another band count and are dropped."""
         import dataclasses
 
         new = dataclasses.replace(self)
@@ -107,6 +133,7 @@ class ModelConfig:
         if n == source:
             return new
         new.backbone = dataclasses.replace(self.backbone, in_chans=n)
+        new.band_indexes = None
         new.provenance = {**self.provenance, "input_adapted_from_bands": source}
         if len(self.mean) != n:
             new.mean = (list(self.mean) * n)[:n]

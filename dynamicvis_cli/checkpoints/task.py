@@ -106,7 +106,7 @@ def load_task_model(
         config.tile_size = tile_size
     target = in_chans or config.backbone.in_chans
     config = config.with_bands(target)
-    if task in ("detect", "instance", "change") and not config.fpn_channels:
+    if task in ("detect", "instance", "change", "region") and not config.fpn_channels:
         config.fpn_channels = 256
     if task in ("classify", "segment"):
         config.fpn_channels = None  # their heads read the backbone's stages, not the FPN

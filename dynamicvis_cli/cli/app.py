@@ -36,8 +36,8 @@ for command in (classify, detect, segment, change, info, bench):
 app.add_typer(models.app, name="models")
 app.registered_commands.extend(search.app.registered_commands + evaluate.app.registered_commands)
 app.add_typer(index.app, name="index")
-from dynamicvis_cli.cli import data as _data, finetune as _finetune  # noqa: E402
-app.registered_commands.extend(_finetune.app.registered_commands)
+from dynamicvis_cli.cli import data as _data, finetune as _finetune, pretrain as _pretrain  # noqa: E402
+app.registered_commands.extend(_finetune.app.registered_commands + _pretrain.app.registered_commands)
 app.add_typer(_data.app, name="data")
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -18,6 +19,7 @@ def classify(
     out_dir: o.OutDirOpt = None,
     name_template: Annotated[str, typer.Option("--name-template", help="Output name under --out-dir.")] = "{stem}.json",
     grid: Annotated[int | None, typer.Option("--grid", help="Classify a scene in CELL x CELL px cells; one polygon per cell.")] = None,
+    regions: Annotated[Path | None, typer.Option("--regions", help="Classify these regions of the scene (a vector file; each feature's bounding box) with a region classifier; writes them back with class and score.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes listed per image in JSON.")] = 3,
     model: o.ModelOpt = "base",
     classes: o.ClassesOpt = None,
@@ -38,7 +40,8 @@ def classify(
     force: o.ForceOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
-    """Classify images (one label each) or, with --grid, the cells of scenes.
+    """Classify images (one label each); with --grid, the cells of scenes; with --regions, given
+    regions of scenes (a region classifier from dvis finetune --task region or dvis pretrain).
 
     Under torchrun or --devices the images (or, with --grid, the scenes) are shared among the
     ranks; rank 0 writes -o and prints the summary. --manifest/--resume work with --grid.
@@ -55,6 +58,16 @@ def classify(
     from dynamicvis_cli.infer.context import RunOptions
 
     device = start_ranks(device, devices)  # --devices: may re-run this command once per device
+    if grid is not None and regions is not None:
+        raise DvisUsageError("--grid and --regions: choose one")
+    if regions is not None:
+        _classify_regions(inputs, regions, output=output, out_dir=out_dir, name_template=name_template,
+                          model=model, bands=bands, classes=classes, random_weights=random_weights, top_k=top_k,
+                          shard=shard, manifest=manifest, resume=resume, force=force, quiet=quiet,
+                          skip_existing=skip_existing, pixel_coords=pixel_coords, stretch=stretch,
+                          opts_kw={"device": device, "precision": precision.value, "batch_size": batch_size,
+                                   "workers": workers, "overwrite": overwrite})
+        return
     load = {"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),
             "random_weights": random_weights, "tile_size": grid, "device": device}
     opts_kw = {"device": device, "precision": precision.value, "batch_size": batch_size, "workers": workers,
@@ -119,3 +132,35 @@ def classify(
             counts[r["class"]] = counts.get(r["class"], 0) + 1
     emit({"command": "classify", **weights_summary(loaded), "images": len(records), "per_class": counts,
           "outputs": [str(w) for w in written], "results": records if len(records) <= 50 else "see outputs"})
+
+
+def _classify_regions(inputs: list[str], regions: Path, *, output: str | None, out_dir: Path | None,
+                      name_template: str, model: str, bands: str | None, classes: str | None,
+                      random_weights: bool, top_k: int,
+                      shard: str | None, manifest: Path | None, resume: bool, force: bool, quiet: bool,
+                      skip_existing: bool, pixel_coords: bool, stretch: bool, opts_kw: dict[str, Any]) -> None:
+    """``--regions``: each scene's regions classified, written as a vector file per scene."""
+    from dynamicvis_cli.cli.common import run_scene_jobs
+    from dynamicvis_cli.errors import InputNotFoundError
+    from dynamicvis_cli.infer.batch import plan_jobs
+    from dynamicvis_cli.infer.context import RunOptions
+    from dynamicvis_cli.infer.regions import classify_regions
+
+    if not regions.exists():
+        raise InputNotFoundError(regions, "regions file")
+    template = name_template if name_template != "{stem}.json" else "{stem}.regions.gpkg"
+    jobs = plan_jobs(inputs, output=Path(output) if output else None, out_dir=out_dir, template=template,
+                     shard_spec=shard)
+    load = {"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),
+            "random_weights": random_weights,
+            "tile_size": None, "device": opts_kw["device"]}
+
+    def run(loaded, chosen, job, bar):  # type: ignore[no-untyped-def]
+        return classify_regions(loaded, job.src, regions, job.out, bands=chosen,
+                                opts=RunOptions(progress=bar, **opts_kw), top_k=top_k,
+                                pixel_coords=pixel_coords, stretch=stretch)
+
+    run_scene_jobs("classify", "region", jobs, skip_existing=skip_existing, quiet=quiet, run=run, load=load,
+                   summary_to_stderr=str(output) == "-", manifest=manifest, resume=resume, force=force,
+                   settings={"regions": str(regions), "precision": opts_kw["precision"], "stretch": stretch},
+                   split_tiles=False)

@@ -34,8 +34,9 @@ def load_for_inputs(model: str, task: str, first_input: Path, *, bands: list[int
                     device: str, quiet: bool = False) -> tuple[Any, list[int]]:
     """Load the task model for the bands that will be read from ``first_input``.
 
-    Bands: ``--bands`` if given (the model's first layer is adapted to their number), else the
-    raster's first bands, as many as the model takes.
+    Bands: ``--bands`` if given (the model's first layer is adapted to their number), else those
+    the checkpoint was trained on (its ``band_indexes``), else the raster's first bands, as many
+    as the model takes.
     """
     from dynamicvis_cli.checkpoints.registry import resolve
     from dynamicvis_cli.checkpoints.task import load_task_model
@@ -45,7 +46,8 @@ def load_for_inputs(model: str, task: str, first_input: Path, *, bands: list[int
     dev = resolve_device(device)
     config, _ = resolve(model)
     with RasterSource(first_input) as src:
-        chosen = src.resolve_bands(bands, len(bands) if bands else config.backbone.in_chans)
+        chosen = src.resolve_bands(bands, len(bands) if bands else config.backbone.in_chans,
+                                   default=config.band_indexes)
     loaded = load_task_model(model, task, classes=classes, in_chans=len(chosen), tile_size=tile_size,
                              random_weights=random_weights, device=dev)
     if loaded.random and not quiet:

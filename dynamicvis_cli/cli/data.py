@@ -1,4 +1,5 @@
-"""``dvis data``: check a training dataset, convert label formats (NWPU txt, YOLO, colour masks)."""
+"""``dvis data``: check a training dataset, convert label formats (NWPU txt, YOLO, colour masks),
+pack detection sets into WebDataset shards."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import typer
 
 from dynamicvis_cli.cli import options as o
 
-app = typer.Typer(help="Check training datasets and convert label formats.", no_args_is_help=True)
+app = typer.Typer(help="Check training datasets, convert label formats, write WebDataset shards.",
+                  no_args_is_help=True)
 
 TaskOpt = Annotated[str, typer.Option("--task", help="classify, segment, change, detect or instance.")]
 FormatOpt = Annotated[str, typer.Option(
-    "--format", help="auto, imagefolder, masks, change-pairs, coco, yolo, nwpu, voc, dota, geo.")]
+    "--format", help="auto, imagefolder, masks, change-pairs, coco, yolo, nwpu, voc, dota, fmow, geo.")]
 PaletteOpt = Annotated[str | None, typer.Option(
     "--palette", help="Colour masks: JSON/YAML file mapping class names to #RRGGBB.")]
 
@@ -67,3 +69,32 @@ def convert(
     else:
         result = to_index_masks(spec, output, overwrite=overwrite)
     emit({"command": "data convert", "from": spec.format, "to": to, **result})
+
+
+@app.command("shard")
+def shard(
+    data: Annotated[Path, typer.Argument(help="Detection dataset: a folder, a COCO .json or a geo .yaml.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder for the shards.")],
+    format: FormatOpt = "auto",
+    classes: o.ClassesOpt = None,
+    samples_per_shard: Annotated[int, typer.Option(
+        "--samples-per-shard", min=1, help="Samples per tar shard.")] = 1000,
+    overwrite: o.OverwriteOpt = False,
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Pack a detection set into WebDataset tar shards (+ dataset.json) for dvis pretrain."""
+    from dynamicvis_cli.cli.output import emit, err
+    from dynamicvis_cli.data.discover import open_dataset
+    from dynamicvis_cli.geo.atomic import check_writable
+
+    if not (output.is_dir() and not any(output.iterdir())):  # an empty folder may be filled
+        check_writable(output, overwrite=overwrite)
+    spec = open_dataset(data, "detect", format=format, classes=o.parse_classes(classes))
+    from dynamicvis_cli.data.shards import write_shards  # torch: only once the input is good
+
+    def log(line: str) -> None:
+        if not quiet:
+            err.print(line, markup=False, highlight=False)
+
+    result = write_shards(spec, output, samples_per_shard=samples_per_shard, overwrite=overwrite, log=log)
+    emit({"command": "data shard", "from": spec.format, **result})

@@ -82,12 +82,13 @@ def _task_model(task: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 
 TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "retrieval": _retrieval,
-    **{t: _task_model(t) for t in ("classify", "segment", "change", "detect", "instance")},
+    **{t: _task_model(t) for t in ("classify", "segment", "change", "detect", "instance", "region")},
 }
 
 #: Metrics shown in the stderr table, per task (all of them are in the JSON).
 _TABLE = {
     "classify": ("accuracy", "precision", "recall", "f1"),
+    "region": ("accuracy", "precision", "recall", "f1"),
     "segment": ("miou", "accuracy", "f1", "target_precision", "target_recall", "target_f1", "target_iou"),
     "change": ("precision", "recall", "f1", "iou", "accuracy", "miou"),
     "detect": ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100"),

@@ -140,7 +140,7 @@ def finetune(
         mcfg, _ = resolve_model(cfg.model)
         n = len(cfg.bands) if cfg.bands else mcfg.backbone.in_chans
         typer.echo(resolve(cfg, model_tile=mcfg.tile_size, model_mean=mcfg.mean, model_std=mcfg.std,
-                           in_chans=n, require_io=False).to_yaml(), nl=False)
+                           in_chans=n, require_io=False, model_bands=mcfg.band_indexes).to_yaml(), nl=False)
         return
 
     from dynamicvis_cli.train.loop import fit

@@ -66,6 +66,7 @@ def describe(model: str) -> dict[str, Any]:
         },
         "built_for_px": config.backbone.img_size,
         "bands": config.bands,
+        "band_indexes": config.default_bands(),  # the 1-based bands read without --bands
         "in_chans": config.backbone.in_chans,
         "classes": config.classes,
         "normalisation": {"mean": config.mean, "std": config.std},
@@ -93,7 +94,8 @@ def show_cmd(
         f"parameters   backbone {p['backbone']:,}  fpn {p['fpn']:,}  total {p['total']:,}",
         f"dims/depths  {info['backbone']['dims']} / {info['backbone']['depths']}",
         f"built for    {info['built_for_px']} px  (runs at any size)",
-        f"bands        {', '.join(info['bands'])} ({info['in_chans']} input channels)",
+        f"bands        {', '.join(info['bands'])} ({info['in_chans']} input channels; without --bands "
+        f"reads bands {','.join(map(str, info['band_indexes']))})",
         f"classes      {', '.join(info['classes']) if info['classes'] else '-'}",
         f"source       {info['source']}",
     ]

@@ -43,7 +43,7 @@ PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Autocast p
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per forward pass.")]
 TileOpt = Annotated[int | None, typer.Option("--tile-size", min=32, help="Tile side in pixels (default: the model's).")]
 OverlapOpt = Annotated[int | None, typer.Option("--overlap", min=0, help="Overlap between tiles in pixels (default: tile/8).")]
-BandsOpt = Annotated[str | None, typer.Option("--bands", help="1-based band indices, e.g. 4,3,2 (default: the first bands).")]
+BandsOpt = Annotated[str | None, typer.Option("--bands", help="1-based band indices, e.g. 4,3,2 (default: those the checkpoint was trained on, else the first bands).")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Reader processes (0: read in the main process).")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output file (one input); - for stdout where the command writes vectors.")]
 OutDirOpt = Annotated[Path | None, typer.Option("--out-dir", help="Output folder (many inputs).")]

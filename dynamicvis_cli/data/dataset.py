@@ -169,7 +169,7 @@ class TaskDataset(Dataset[dict[str, Any]]):
             out = size if size is not None else window[2]
             ex.mask = rasterise_classes(rec.shapes, rec.labels, window, out, self.spec.background)
             ex.mask[~valid] = IGNORE_INDEX
-        if self.task in ("detect", "instance") and rec.boxes is not None and rec.labels is not None:
+        if self.task in ("detect", "instance", "region") and rec.boxes is not None and rec.labels is not None:
             min_visible = self.augment.min_visible if self.augment is not None else 0.5
             out = size if size is not None else window[2]
             ex.boxes, ex.labels, keep = window_boxes(rec.boxes, rec.labels, window, out, min_visible)
@@ -185,7 +185,7 @@ class TaskDataset(Dataset[dict[str, Any]]):
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, epoch, i])
             around = None
-            if (self.task in ("detect", "instance") and rec.boxes is not None and len(rec.boxes)
+            if (self.task in ("detect", "instance", "region") and rec.boxes is not None and len(rec.boxes)
                     and rng.random() < self.augment.object_crop):
                 around = tuple(rec.boxes[int(rng.integers(len(rec.boxes)))])
             window = sample_window(rec.bounds, self.tile, self.augment.scale, rng, around)

@@ -6,20 +6,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dynamicvis_cli.data import changepairs, imagefolder, masks, nwpu, vocdota, yolo
+from dynamicvis_cli.data import changepairs, fmow, imagefolder, masks, nwpu, vocdota, yolo
 from dynamicvis_cli.data.records import DatasetSpec
 from dynamicvis_cli.errors import DatasetError
 
-FORMATS = ("auto", "imagefolder", "masks", "change-pairs", "coco", "yolo", "nwpu", "voc", "dota", "geo")
+FORMATS = ("auto", "imagefolder", "masks", "change-pairs", "coco", "yolo", "nwpu", "voc", "dota", "fmow",
+           "geo")
 
-#: Formats each task can read.
+#: Formats each task can read; ``auto`` tries them in this order (fmow before coco: a folder of
+#: one image and its fMoW .json would otherwise pass for a COCO folder).
 TASK_FORMATS = {
     "classify": ("imagefolder",),
     "segment": ("masks", "geo"),
     "change": ("change-pairs",),
-    "detect": ("nwpu", "yolo", "voc", "dota", "coco", "geo"),
+    "detect": ("nwpu", "yolo", "voc", "dota", "fmow", "coco", "geo"),
     "instance": ("coco", "yolo", "dota", "geo"),
 }
+#: Region classification reads the detection formats: every labelled box is one sample.
+TASK_FORMATS["region"] = TASK_FORMATS["detect"]
 
 
 def _coco_json(path: Path) -> Path | None:
@@ -53,6 +57,7 @@ def detect_format(path: Path, task: str) -> str:
         "yolo": yolo.looks_like,
         "voc": vocdota.looks_like_voc,
         "dota": vocdota.looks_like_dota,
+        "fmow": fmow.looks_like,
         "coco": lambda p: _coco_json(p) is not None,
         "masks": masks.looks_like,
         "imagefolder": imagefolder.looks_like,
@@ -93,6 +98,10 @@ def open_dataset(
     path = Path(path)
     if task not in TASK_FORMATS:
         raise DatasetError(path, f"unknown task '{task}'")
+    if task == "region":  # the boxes of a detection dataset, each box classified
+        spec = open_dataset(path, "detect", format=format, classes=classes, image_root=image_root, geo=geo)
+        spec.task = "region"
+        return spec
     fmt = detect_format(path, task) if format == "auto" else format
     if fmt not in FORMATS:
         raise DatasetError(path, f"unknown dataset format '{fmt}'; choose one of {', '.join(FORMATS)}")
@@ -119,6 +128,8 @@ def open_dataset(
         return yolo.load_yolo(path, task=task, classes=classes)
     if fmt == "nwpu":
         return nwpu.load_nwpu(path, task=task, classes=classes)
+    if fmt == "fmow":
+        return fmow.load_fmow(path, task=task, classes=classes)
     if fmt in ("voc", "dota"):
         return vocdota.load_voc_dota(path, fmt, task=task, classes=classes)
     from dynamicvis_cli.data.geovector import load_geo

@@ -5,7 +5,9 @@
   precision / recall / F1 / IoU of the target class (the second class, or ``target_class``);
 * change: precision / recall / F1 / IoU of the change class (the second class), accuracy, mIoU;
 * detect: COCO box AP, AP50, AP75, AP_small/medium/large, AR@100 (:mod:`.coco`);
-* instance: the same for boxes (``box``) and masks (``mask``).
+* instance: the same for boxes (``box``) and masks (``mask``);
+* region: the given boxes classified: accuracy, macro precision / recall / F1, per class (the
+  paper's Table 11).
 
 Items are what training validates on (:class:`~dynamicvis_cli.data.dataset.TaskDataset`, no
 augmentation): classification images at their own size, the other tasks on a grid of the model's
@@ -27,7 +29,7 @@ from dynamicvis_cli.errors import DatasetError, DvisUsageError
 from dynamicvis_cli.evaluate.coco import coco_ap
 from dynamicvis_cli.train.metrics import ConfusionMatrix
 
-TASKS = ("classify", "segment", "change", "detect", "instance")
+TASKS = ("classify", "segment", "change", "detect", "instance", "region")
 
 
 def dense_scores(cm: ConfusionMatrix, classes: Sequence[str], task: str,
@@ -69,6 +71,18 @@ def _classify_batches(model: Any, batch: dict[str, Any], device: torch.device) -
     return torch.cat([model(x[None].to(device)).float().argmax(1).cpu() for x in images])
 
 
+def _region_batches(model: Any, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """Predicted class of every box of the batch, in image then box order."""
+    boxes = [b.to(device) for b in batch["boxes"]]
+    if not sum(len(b) for b in boxes):
+        return torch.zeros(0, dtype=torch.int64)
+    images = batch["image"]
+    if isinstance(images, torch.Tensor):
+        out: torch.Tensor = model(images.to(device), boxes).float().argmax(1).cpu()
+        return out
+    return torch.cat([model(x[None].to(device), [b]).float().argmax(1).cpu() for x, b in zip(images, boxes)])
+
+
 @torch.no_grad()
 def evaluate_model(model: Any, dataset: TaskDataset, classes: Sequence[str], *, device: torch.device,
                    batch_size: int = 8, precision: str = "fp32", workers: int = 0,
@@ -96,6 +110,8 @@ def evaluate_model(model: Any, dataset: TaskDataset, classes: Sequence[str], *, 
             elif task == "change":
                 out = model.predict(batch["image"].to(device), batch["image_b"].to(device))
                 cm.update(out.float().argmax(1).cpu(), batch["mask"])
+            elif task == "region":
+                cm.update(_region_batches(model, batch, device), torch.cat(batch["labels"]))
             else:
                 x = batch["image"].to(device) if isinstance(batch["image"], torch.Tensor) else batch["image"]
                 for j, det in enumerate(model.predict(x)):
@@ -107,8 +123,8 @@ def evaluate_model(model: Any, dataset: TaskDataset, classes: Sequence[str], *, 
         done += n
         if progress is not None:
             progress(done, len(dataset))
-    if task in ("classify", "segment", "change"):
-        return dense_scores(cm, classes, task, target_class)
+    if task in ("classify", "segment", "change", "region"):
+        return dense_scores(cm, classes, "classify" if task == "region" else task, target_class)
     names = list(classes)
 
     def named(r: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +184,7 @@ def evaluate_task(model: str, data: str, task: str, *, format: str = "auto", pal
     cfg = loaded.config
     if list(spec.classes) != list(cfg.classes):
         raise DvisUsageError(f"{data}: classes {spec.classes} differ from the model's {cfg.classes}")
-    bands = list(range(1, cfg.backbone.in_chans + 1))
+    bands = cfg.default_bands()
     spec.check_bands(bands)
     ds = TaskDataset(spec, tile_size=cfg.tile_size, bands=bands, mean=cfg.mean, std=cfg.std, augment=None)
     t0 = time.perf_counter()

@@ -43,6 +43,7 @@ def resolve_bands(
     bands: Sequence[int] | None,
     expected: int,
     *,
+    default: Sequence[int] | None = None,
     alpha_last: bool = False,
     path: object = "raster",
 ) -> list[int]:
@@ -53,6 +54,8 @@ def resolve_bands(
         bands: the user's choice (``--bands``), 1-based, repeats allowed (``1,1,1`` feeds a
             grey band to an RGB model); None means "the first ``expected`` bands".
         expected: number of bands the model takes.
+        default: the bands the model was trained on (its checkpoint's ``band_indexes``), read
+            when ``bands`` is None or empty; None means "the first ``expected`` bands".
         alpha_last: the raster's last band is an alpha band: the default never includes it
             (RGBA gives an RGB model bands 1-3) and it does not count towards ``expected``.
         path: named in error messages.
@@ -65,13 +68,21 @@ def resolve_bands(
     Raises:
         BandIndexError: a given band is < 1 or > ``count``.
         DvisUsageError: ``bands`` is None or empty and the raster has fewer than ``expected``
-            (non-alpha) bands.
+            (non-alpha) bands, or lacks one of the ``default`` bands.
     """
     if bands is not None and len(bands) > 0:
         bad = [b for b in bands if not 1 <= int(b) <= count]
         if bad:
             raise BandIndexError(path, bad, count)
         return [int(b) for b in bands]
+    if default is not None and len(default) > 0:
+        if any(not 1 <= int(b) <= count for b in default):
+            listed = ",".join(str(int(b)) for b in default)
+            raise DvisUsageError(
+                f"{path}: the raster has {count} band(s) but the model was trained on bands {listed} "
+                f"(recorded in its checkpoint); choose {len(default)} with --bands"
+            )
+        return [int(b) for b in default]
     # An alpha band is a mask, not a colour: RGBA gives 3 bands to an RGB model, and too few
     # to a 4-band one.
     usable = count - 1 if alpha_last else count
@@ -187,9 +198,11 @@ class RasterSource:
         """The last selectable band is an alpha band (RGBA)."""
         return bool(self.count) and self._dataset.colorinterp[self.count - 1] == ColorInterp.alpha
 
-    def resolve_bands(self, bands: Sequence[int] | None, expected: int) -> list[int]:
+    def resolve_bands(self, bands: Sequence[int] | None, expected: int, *,
+                      default: Sequence[int] | None = None) -> list[int]:
         """:func:`resolve_bands` for this raster (its band count, alpha and path)."""
-        return resolve_bands(self.count, bands, expected, alpha_last=self.has_alpha, path=self.path)
+        return resolve_bands(self.count, bands, expected, default=default, alpha_last=self.has_alpha,
+                             path=self.path)
 
     def check_bands(self, bands: Sequence[int]) -> list[int]:
         """Validate 1-based ``bands`` against this raster before anything is read."""

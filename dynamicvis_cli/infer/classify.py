@@ -50,7 +50,9 @@ def classify_images(
     top_k: int = 3,
     stretch: bool = False,
 ) -> list[dict[str, Any]]:
-    """One record per image: path, class, score and the top-k classes."""
+    """One record per image: path, class, score and the top-k classes.
+
+    ``bands`` None: the bands the checkpoint was trained on, else each image's first bands."""
     classes = loaded.config.classes
     device = opts.torch_device()
     expected = loaded.config.backbone.in_chans
@@ -61,7 +63,8 @@ def classify_images(
                 raise DvisUsageError(
                     f"{path}: {src.width}x{src.height} px is a scene, not a chip; "
                     "use --grid CELL to classify it cell by cell")
-            chosen = src.resolve_bands(list(bands) if bands else None, expected)
+            chosen = src.resolve_bands(list(bands) if bands else None, expected,
+                                       default=loaded.config.band_indexes)
             spec = ReaderSpec(Path(path), chosen, loaded.config.mean, loaded.config.std,
                               percentile_stretch(src, chosen) if stretch else None)
             dataset = TileDataset([spec], [Window(0, 0, src.width, src.height)])

@@ -12,6 +12,7 @@ detect     (B, C, H, W)                                  list of {boxes xyxy px,
 instance   (B, C, H, W)                                  list of {boxes xyxy px, scores, labels,
                                                          masks (N, 1, H, W) probabilities}
 change     (B, C, H, W), (B, C, H, W)                    (B, K, H, W) logits at input resolution
+region     (B, C, H, W), B tensors (N_i, 4) xyxy px      (sum N_i, K) logits, one row per box
 =========  ===========================================  =========================================
 """
 
@@ -27,10 +28,11 @@ from dynamicvis_cli.nn.heads.change import ChangeHead
 from dynamicvis_cli.nn.heads.classify import ClassifierHead
 from dynamicvis_cli.nn.heads.detect import build_fcos
 from dynamicvis_cli.nn.heads.instance import build_mask_rcnn
+from dynamicvis_cli.nn.heads.region import RegionHead
 from dynamicvis_cli.nn.heads.segment import UperNetHead
 from dynamicvis_cli.nn.model import DynamicVis
 
-TASKS = ("classify", "segment", "detect", "instance", "change")
+TASKS = ("classify", "segment", "detect", "instance", "change", "region")
 
 
 def _to_input_size(logits: Tensor, height: int, width: int) -> Tensor:
@@ -132,6 +134,27 @@ class InstanceSegmenter(nn.Module):
         return out
 
 
+class RegionClassifier(nn.Module):
+    """Given boxes classified from their features on every FPN level (fMoW-style region
+    classification; also the model meta-embedding pretraining trains)."""
+
+    def __init__(self, trunk: DynamicVis, num_classes: int) -> None:
+        super().__init__()
+        if trunk.fpn is None:
+            raise ValueError("region classification needs a model with an FPN")
+        self.trunk = trunk
+        self.head = RegionHead(trunk.fpn.out_channels, num_classes)
+
+    def embed(self, x: Tensor, boxes: list[Tensor], *, progress: float | None = None) -> Tensor:
+        """(sum N_i, C) normalised region vectors of ``boxes`` (xyxy input pixels per image)."""
+        return self.head.pooled(self.trunk(x, progress=progress).fpn, boxes)
+
+    def forward(self, x: Tensor, boxes: list[Tensor]) -> Tensor:
+        return self.head(self.trunk(x).fpn, boxes)
+
+    predict = forward
+
+
 def build_task_model(task: str, trunk: DynamicVis, num_classes: int, *, tile_size: int,
                      head: dict[str, Any] | None = None) -> nn.Module:
     """The task model for ``task`` on ``trunk`` with a freshly initialised head."""
@@ -147,4 +170,6 @@ def build_task_model(task: str, trunk: DynamicVis, num_classes: int, *, tile_siz
     if task == "instance":
         return InstanceSegmenter(trunk, num_classes, tile_size=tile_size, in_chans=trunk.spec.in_chans,
                                  **head)
+    if task == "region":
+        return RegionClassifier(trunk, num_classes)
     raise ValueError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")

@@ -230,7 +230,8 @@ def read_image(embedder: Embedder, path: Path, bands: Sequence[int] | None, *,
         DvisUsageError: wrong band count, a scene too large to embed whole.
     """
     with RasterSource(path) as src:
-        chosen = src.check_bands(bands) if bands else src.resolve_bands(None, embedder.in_chans)
+        chosen = (src.check_bands(bands) if bands
+                  else src.resolve_bands(None, embedder.in_chans, default=embedder.config.band_indexes))
         if len(chosen) != embedder.in_chans:
             raise DvisUsageError(
                 f"{path}: {len(chosen)} band(s) selected but the model takes {embedder.in_chans}"

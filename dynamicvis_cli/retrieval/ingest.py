@@ -8,7 +8,7 @@ lock. Both embed first and write last, so the slow part never holds half-written
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +86,7 @@ def embed_sources(
         info = raster_info(path)
         with RasterSource(path) as src:
             bands = (src.check_bands(settings.bands) if settings.bands
-                     else src.resolve_bands(None, embedder.in_chans))
+                     else src.resolve_bands(None, embedder.in_chans, default=embedder.config.band_indexes))
             source_bands.add(usable_bands(src.count, src.has_alpha))
         if len(bands) != embedder.in_chans:
             raise DvisUsageError(
@@ -206,7 +206,12 @@ def build(
     ids = np.arange(len(codes), dtype=np.int64)
     fi.add(index, codes, ids)
     table = _frame(new, codes, 0, 1)
-    manifest = _base_manifest(embedder, code, params, settings)
+    recorded = settings
+    if not settings.bands and embedder.config.band_indexes:
+        # the bands the checkpoint was trained on, read by default: recorded, so that appends and
+        # queries read them too
+        recorded = replace(settings, bands=list(embedder.config.band_indexes))
+    manifest = _base_manifest(embedder, code, params, recorded)
     with atomic_output(root, overwrite=overwrite, directory=True) as tmp:
         files = write_version(tmp, 1, index, table)
         manifest.update(files, version=1, count=len(table), next_id=len(table),

@@ -17,8 +17,9 @@ from dynamicvis_cli.data.augment import AugmentConfig
 from dynamicvis_cli.errors import DvisUsageError
 
 DEFAULT_EPOCHS = 50
-TASKS = ("classify", "segment", "change", "detect", "instance")
+TASKS = ("classify", "segment", "change", "detect", "instance", "region")
 PRECISIONS = ("fp32", "bf16", "fp16")
+SYNC_BN = ("auto", "on", "off")
 
 #: The authors' learning rates and frozen stages per task (DESIGN.md §2.2).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -27,6 +28,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "instance": {"lr": 1e-4, "freeze_stages": 1},
     "segment": {"lr": 1e-3, "freeze_stages": 0},
     "change": {"lr": 5e-4, "freeze_stages": 0},
+    "region": {"lr": 4e-4, "freeze_stages": 0},  # the pretraining recipe (§2.2: "as pretraining")
 }
 
 
@@ -39,7 +41,8 @@ class TrainConfig:
         format: dataset format or ``auto``.
         palette: colour table for colour masks (file or mapping ``class: "#RRGGBB"``).
         model: architecture name, released model or checkpoint to start from.
-        bands: 1-based bands to read (default: the first bands the model takes).
+        bands: 1-based bands to read (default: the bands the starting checkpoint was trained on,
+            when it records them, else the first bands the model takes).
         mean, std: normalisation on the 0..1 scale (default: the model's).
         tile_size: training crop side (default: the model's tile size).
         steps: optimiser steps (wins over ``epochs``).
@@ -56,6 +59,10 @@ class TrainConfig:
         save_every: checkpoint every N optimiser steps (and always at the end).
         eval_every: validate every N steps (and at the end, when val_data is given).
         resume: continue from the newest checkpoint in ``out`` (or from this checkpoint folder).
+        sync_bn: BatchNorm layers (UperNet, the change decoder) under DDP: ``auto`` converts them
+            to SyncBatchNorm (statistics over the global batch) on CUDA with several processes,
+            ``on`` requires that (a usage error on CPU: torch's SyncBatchNorm needs CUDA),
+            ``off`` keeps per-process statistics.
     """
 
     task: str = "classify"
@@ -100,6 +107,7 @@ class TrainConfig:
     overwrite: bool = False
     check_masks: bool = True
     deterministic: bool = False
+    sync_bn: str = "auto"
     geo: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +130,7 @@ def from_mapping(data: Mapping[str, Any], *, base: TrainConfig | None = None,
     """``base`` (default: built-ins) updated with ``data``; unknown keys are errors."""
     cfg = dataclasses.replace(base) if base is not None else TrainConfig()
     cfg.augment = dataclasses.replace(cfg.augment)
-    known = _field_names(TrainConfig)
+    known = _field_names(type(cfg))
     for key, value in data.items():
         if key not in known:
             raise DvisUsageError(f"{source}: unknown config key '{key}' (see dvis finetune --print-config)")
@@ -179,9 +187,16 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
 
 
 def resolve(cfg: TrainConfig, *, model_tile: int, model_mean: Sequence[float], model_std: Sequence[float],
-            in_chans: int, require_io: bool = True) -> TrainConfig:
-    """Fill the None values from the task's and the model's defaults and validate everything."""
+            in_chans: int, require_io: bool = True, model_bands: Sequence[int] | None = None) -> TrainConfig:
+    """Fill the None values from the task's and the model's defaults and validate everything.
+
+    ``model_bands``: the band indexes the starting checkpoint was trained on (its config's
+    ``band_indexes``), the default of ``bands`` when they are as many as ``in_chans``."""
     cfg = dataclasses.replace(cfg)
+    # YAML reads a bare on/off as a boolean
+    sync_bn: Any = cfg.sync_bn
+    if isinstance(sync_bn, bool):
+        cfg.sync_bn = "on" if sync_bn else "off"
     if cfg.task not in TASKS:
         raise DvisUsageError(f"unknown task '{cfg.task}'; choose one of {', '.join(TASKS)}")
     defaults = TASK_DEFAULTS[cfg.task]
@@ -194,7 +209,10 @@ def resolve(cfg: TrainConfig, *, model_tile: int, model_mean: Sequence[float], m
     if cfg.steps is None and cfg.epochs is None:
         cfg.epochs = DEFAULT_EPOCHS
     if cfg.bands is None:
-        cfg.bands = list(range(1, in_chans + 1))
+        if model_bands and len(model_bands) == in_chans:
+            cfg.bands = [int(b) for b in model_bands]
+        else:
+            cfg.bands = list(range(1, in_chans + 1))
     n = len(cfg.bands)
     if cfg.mean is None:
         cfg.mean = list(model_mean) if len(model_mean) == n else (list(model_mean) * n)[:n]
@@ -218,6 +236,8 @@ def validate(cfg: TrainConfig, *, require_io: bool = True) -> None:
         bad("no output folder: give -o/--out (or out: in the config)")
     if cfg.precision not in PRECISIONS:
         bad(f"precision '{cfg.precision}': choose one of {', '.join(PRECISIONS)}")
+    if cfg.sync_bn not in SYNC_BN:
+        bad(f"sync_bn '{cfg.sync_bn}': choose one of {', '.join(SYNC_BN)}")
     if cfg.gumbel_schedule not in ("fixed", "decay", "off"):
         bad(f"gumbel_schedule '{cfg.gumbel_schedule}': choose fixed, decay or off")
     if cfg.batch_size < 1 or cfg.accum < 1:

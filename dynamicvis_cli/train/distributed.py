@@ -4,7 +4,8 @@
 ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; without them a run is one process.
 Only rank 0 writes checkpoints and logs. Each rank loads its own share of every global batch, so
 the global batch (and, with the router noise off, the result) does not depend on the number of
-processes; see docs/finetune.md.
+processes; see docs/finetune.md. BatchNorm layers can be synchronised across the processes on
+CUDA (:func:`wants_sync_bn`, :func:`to_sync_batchnorm`, and back with :func:`from_sync_batchnorm`).
 """
 
 from __future__ import annotations
@@ -72,3 +73,72 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# -- SyncBatchNorm ------------------------------------------------------------------------------
+
+
+def wants_sync_bn(mode: str, device: torch.device, info: DistInfo) -> bool:
+    """Whether to train with SyncBatchNorm: ``auto`` on CUDA with several processes, ``on``
+    likewise but refused off CUDA (torch's SyncBatchNorm runs on CUDA only), ``off`` never.
+
+    Raises:
+        DvisUsageError: ``on`` on a device that is not CUDA.
+    """
+    from dynamicvis_cli.errors import DvisUsageError
+
+    if mode == "on" and device.type != "cuda":
+        raise DvisUsageError(f"sync_bn on needs CUDA devices (torch's SyncBatchNorm runs on CUDA only), not "
+                             f"{device.type}; use sync_bn=auto or off")
+    if mode == "off":
+        return False
+    return device.type == "cuda" and info.enabled
+
+
+def count_batchnorm(module: torch.nn.Module) -> int:
+    """Number of BatchNorm layers (plain or synchronised) in ``module``."""
+    return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def to_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every BatchNorm*d below it replaced by SyncBatchNorm, in place (torch's
+    ``convert_sync_batchnorm``): the new layers hold the same parameter and buffer tensors, so an
+    optimiser built before keeps working, and the state-dict keys do not change. Each new layer
+    remembers its original class for :func:`from_sync_batchnorm`."""
+    batchnorm = torch.nn.modules.batchnorm._BatchNorm
+    originals = {name: type(m) for name, m in module.named_modules()
+                 if isinstance(m, batchnorm) and not isinstance(m, torch.nn.SyncBatchNorm)}
+    if "" in originals:
+        raise ValueError("to_sync_batchnorm converts the layers inside a module, not a lone BatchNorm")
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)  # type: ignore[no-untyped-call]  # in place
+    for name, m in module.named_modules():
+        if name in originals and isinstance(m, torch.nn.SyncBatchNorm):
+            m.__dict__["dvis_plain_class"] = originals[name]  # a plain attribute, not a submodule
+    return module
+
+
+def _plain_batchnorm(sync: torch.nn.SyncBatchNorm) -> torch.nn.Module:
+    cls = sync.__dict__.get("dvis_plain_class", torch.nn.BatchNorm2d)
+    plain: Any = cls(sync.num_features, sync.eps, sync.momentum, sync.affine, sync.track_running_stats)
+    if sync.affine:
+        plain.weight = sync.weight  # the same Parameter objects, as convert_sync_batchnorm does
+        plain.bias = sync.bias
+    plain.running_mean = sync.running_mean
+    plain.running_var = sync.running_var
+    plain.num_batches_tracked = sync.num_batches_tracked
+    plain.train(sync.training)
+    if hasattr(sync, "qconfig"):
+        plain.qconfig = sync.qconfig
+    out: torch.nn.Module = plain
+    return out
+
+
+def from_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Undo :func:`to_sync_batchnorm` in place: each SyncBatchNorm below ``module`` becomes the plain
+    BatchNorm it was (BatchNorm2d when unknown), sharing its tensors."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.SyncBatchNorm):
+            module.add_module(name, _plain_batchnorm(child))
+        else:
+            from_sync_batchnorm(child)
+    return module

@@ -34,7 +34,9 @@ from dynamicvis_cli.geo.atomic import atomic_output
 from dynamicvis_cli.infer.runner import autocast, resolve_device
 from dynamicvis_cli.train import checkpoint as ckpt
 from dynamicvis_cli.train.config import DEFAULT_EPOCHS, TrainConfig, resolve
-from dynamicvis_cli.train.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown
+from dynamicvis_cli.train.distributed import (DistInfo, barrier, count_batchnorm, from_sync_batchnorm,
+                                              init_distributed, mean_over_ranks, shutdown, to_sync_batchnorm,
+                                              wants_sync_bn)
 from dynamicvis_cli.train.hooks import ProgressFeed, TokenDrop, freeze_stages
 from dynamicvis_cli.train.logs import RunLog
 from dynamicvis_cli.train.model import build_for_training, export_config
@@ -59,7 +61,8 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, DatasetSpec, DatasetSpec | N
         raise DvisUsageError("no training data: give --data (or data: in the config)")
     mcfg, _ = resolve_model(cfg.model)
     in_chans = len(cfg.bands) if cfg.bands else mcfg.backbone.in_chans
-    cfg = resolve(cfg, model_tile=mcfg.tile_size, model_mean=mcfg.mean, model_std=mcfg.std, in_chans=in_chans)
+    cfg = resolve(cfg, model_tile=mcfg.tile_size, model_mean=mcfg.mean, model_std=mcfg.std, in_chans=in_chans,
+                  model_bands=mcfg.band_indexes)
     spec = _open(cfg, cfg.data, cfg.classes)
     assert cfg.bands is not None
     spec.check_bands(cfg.bands)
@@ -170,6 +173,7 @@ def _fit(cfg: TrainConfig, device: torch.device, info: DistInfo, log: Logger,
                              f"{info.world * cfg.accum}")
     if cfg.precision == "fp16" and device.type != "cuda":
         raise DvisUsageError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    sync_bn = wants_sync_bn(cfg.sync_bn, device, info)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     resume_from = _prepare_out(out, cfg, info)
@@ -213,6 +217,10 @@ def _fit(cfg: TrainConfig, device: torch.device, info: DistInfo, log: Logger,
             tmp.write_text(cfg.to_yaml(), encoding="utf-8")
 
     wrapped: torch.nn.Module = module
+    sync_bn = sync_bn and count_batchnorm(module) > 0
+    if sync_bn:  # BatchNorm statistics over the global batch; converted back after training
+        log(f"sync_bn: {count_batchnorm(module)} BatchNorm layers synchronised over {info.world} processes")
+        to_sync_batchnorm(module)
     if info.enabled:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None,
@@ -305,6 +313,8 @@ def _fit(cfg: TrainConfig, device: torch.device, info: DistInfo, log: Logger,
         if on_step is not None:
             on_step(done, dict(last_row))
 
+    if sync_bn:
+        from_sync_batchnorm(module)  # the same tensors and state-dict keys, as plain BatchNorm2d
     if val_spec is not None:
         val_metrics = _validate(cfg, net, val_spec, device, info)
         if val_metrics is not None:

@@ -44,7 +44,7 @@ def build_for_training(model: str, task: str, classes: Sequence[str], *, in_chan
              for k, v in read_weights(location).items() if k.startswith(source_prefix)}
     new = dataclasses.replace(config, task=task, classes=list(classes), tile_size=tile_size)
     new = new.with_bands(in_chans)
-    if task in ("detect", "instance", "change") and not new.fpn_channels:
+    if task in ("detect", "instance", "change", "region") and not new.fpn_channels:
         arch = architectures().get(new.arch)
         new.fpn_channels = arch.fpn_channels if arch is not None else 256
     if task in ("classify", "segment"):
@@ -70,8 +70,9 @@ def build_for_training(model: str, task: str, classes: Sequence[str], *, in_chan
 
 
 def band_names(config: ModelConfig, bands: Sequence[int]) -> list[str]:
-    """Names of the bands read: the model's own when they are its first bands, else bandN."""
-    if list(bands) == list(range(1, len(config.bands) + 1)):
+    """Names of the bands read: the model's own when they are the bands it reads by default (its
+    recorded ``band_indexes``, else its first bands), else bandN."""
+    if len(config.bands) == len(bands) and [int(b) for b in bands] == config.default_bands():
         return list(config.bands)
     return [f"band{b}" for b in bands]
 
@@ -79,9 +80,11 @@ def band_names(config: ModelConfig, bands: Sequence[int]) -> list[str]:
 def export_config(config: ModelConfig, *, classes: Sequence[str], bands: Sequence[int], mean: Sequence[float],
                   std: Sequence[float], tile_size: int, gumbel_schedule: str,
                   provenance: dict[str, Any]) -> ModelConfig:
-    """The config written beside the fine-tuned weights (what inference reads back)."""
+    """The config written beside the fine-tuned weights (what inference reads back): the band
+    indexes trained on are recorded, so inference reads them when it is given no ``--bands``."""
     return dataclasses.replace(
-        config, classes=list(classes), bands=band_names(config, bands), mean=[float(m) for m in mean],
+        config, classes=list(classes), bands=band_names(config, bands), band_indexes=[int(b) for b in bands],
+        mean=[float(m) for m in mean],
         std=[float(s) for s in std], tile_size=int(tile_size), gumbel_schedule=gumbel_schedule,
         provenance={**config.provenance, **provenance},
     )

@@ -4,7 +4,8 @@
 parts to log. Losses (DESIGN.md §2.2): classify, cross-entropy; segment, cross-entropy of
 UperNet plus ``aux_weight`` x that of an auxiliary FCN head on stage 3 (training only, not part
 of the exported model); change, CE + ``dice_weight`` x Dice; detect and instance, the sum of
-torchvision's FCOS / Mask R-CNN loss terms (labels shifted by one: 0 is background).
+torchvision's FCOS / Mask R-CNN loss terms (labels shifted by one: 0 is background); region,
+cross-entropy over every labelled box of the batch.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ def detection_targets(batch: dict[str, Any]) -> list[dict[str, Tensor]]:
             t["masks"] = batch["masks"][i]
         targets.append(t)
     return targets
+
+
+def region_loss(logits: Tensor, labels: list[Tensor]) -> Tensor:
+    """Cross-entropy over all boxes of the batch (0, still in the graph, when there are none)."""
+    target = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
+    if target.numel() == 0:
+        return logits.sum() * 0.0
+    return nn.functional.cross_entropy(logits.float(), target.to(logits.device))
 
 
 class TrainModule(nn.Module):
@@ -78,6 +87,8 @@ class TrainModule(nn.Module):
             logits = upsample_to(model(batch["image"], batch["image_b"]), batch["mask"])
             loss, parts = ce_dice(logits, batch["mask"], self.dice_weight)
             return {"loss": loss, **parts}
+        if task == "region":
+            return {"loss": region_loss(model(batch["image"], batch["boxes"]), batch["labels"])}
         losses: dict[str, Tensor] = model(list(batch["image"]), detection_targets(batch))
         total = sum(losses.values(), torch.zeros((), device=batch["image"].device))
         return {"loss": total, **{k: v.detach() for k, v in losses.items()}}

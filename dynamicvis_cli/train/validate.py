@@ -71,6 +71,10 @@ def evaluate(model: Any, dataset: TaskDataset, classes: Sequence[str], *, device
                 elif task == "change":
                     out = model.predict(x, batch["image_b"].to(device))
                     cm.update(out.float().argmax(1).cpu(), batch["mask"])
+                elif task == "region":
+                    if sum(len(b) for b in batch["boxes"]):
+                        boxes = [b.to(device) for b in batch["boxes"]]
+                        cm.update(model(x, boxes).float().argmax(1).cpu(), torch.cat(batch["labels"]))
                 else:
                     for j, det in enumerate(model.predict(x)):
                         preds.append({"boxes": det["boxes"].float().cpu().numpy(),
@@ -96,7 +100,7 @@ def evaluate(model: Any, dataset: TaskDataset, classes: Sequence[str], *, device
         if changed is not None:
             return {"f1": changed["f1"], "iou": changed["iou"], "precision": changed["precision"],
                     "recall": changed["recall"], "accuracy": s["accuracy"], "miou": s["miou"]}
-    if task == "classify":
+    if task in ("classify", "region"):
         return {"accuracy": s["accuracy"], "f1": s["f1"], "per_class": s["per_class"]}
     return {"miou": s["miou"], "accuracy": s["accuracy"], "f1": s["f1"],
             "per_class_iou": {k: v["iou"] for k, v in s["per_class"].items()}}
@@ -115,8 +119,7 @@ def evaluate_checkpoint(model: str, data: str, task: str, *, device: str = "cpu"
     cfg = loaded.config
     spec = open_dataset(data, task, format=format, classes=cfg.classes, palette=palette,
                         check_masks=check_masks, image_root=image_root)
-    n = cfg.backbone.in_chans
-    spec.check_bands(list(range(1, n + 1)))
-    ds = TaskDataset(spec, tile_size=cfg.tile_size, bands=list(range(1, n + 1)), mean=cfg.mean, std=cfg.std,
-                     augment=None)
+    bands = cfg.default_bands()  # those it was trained on
+    spec.check_bands(bands)
+    ds = TaskDataset(spec, tile_size=cfg.tile_size, bands=bands, mean=cfg.mean, std=cfg.std, augment=None)
     return evaluate(loaded.module, ds, cfg.classes, device=dev, batch_size=batch_size)

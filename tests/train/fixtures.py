@@ -105,15 +105,18 @@ def make_change(dest: Path, names: tuple[str, ...] = ("test_102_0512_0000", "tes
     return dest
 
 
-def make_coco_crops(dest: Path, n: int = 2, size: int = 128, split: str = "train") -> Path:
+def make_coco_crops(dest: Path, n: int = 2, size: int = 128, split: str = "train",
+                    distinct: bool = False) -> Path:
     """A COCO file of ``size`` px crops of NWPU VHR-10 images around their objects (polygons cut
-    to the crop by keeping objects wholly inside it)."""
+    to the crop by keeping objects wholly inside it); ``distinct``: each crop centred on an
+    object of a class the earlier crops were not centred on."""
     root = shared("nwpu_vhr10", split)
     data = json.loads((root / f"instances_{split}.json").read_text())
     by_image: dict[int, list[dict]] = {}
     for a in data["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
     images, anns = [], []
+    seen: set[int] = set()
     (dest / "images").mkdir(parents=True, exist_ok=True)
     for im in data["images"]:
         if len(images) == n:
@@ -122,6 +125,11 @@ def make_coco_crops(dest: Path, n: int = 2, size: int = 128, split: str = "train
                 and min(a["bbox"][2], a["bbox"][3]) >= 12]
         if not objs:
             continue
+        if distinct:
+            objs = [a for a in objs if a["category_id"] not in seen] or []
+            if not objs:
+                continue
+            seen.add(objs[0]["category_id"])
         x0 = int(max(0, min(objs[0]["bbox"][0] - 10, im["width"] - size)))
         y0 = int(max(0, min(objs[0]["bbox"][1] - 10, im["height"] - size)))
         inside = [a for a in objs if a["bbox"][0] >= x0 and a["bbox"][1] >= y0

@@ -92,3 +92,15 @@ def test_georeferenced_segment_fits_neon_tree_chips(tmp_path: Path) -> None:
     assert summary["classes"] == ["background", "tree"] and summary["format"] == "geo"
     assert summary["last3"] < summary["first3"] / 2, summary
     assert scores["accuracy"] > 0.8 and scores["per_class_iou"]["tree"] > 0.65, scores
+
+
+def test_region_classification_fits_nwpu_boxes(tmp_path: Path) -> None:
+    """Given boxes of NWPU VHR-10 crops (several classes), classified from all FPN levels."""
+    import json
+
+    data = make_coco_crops(tmp_path / "data", n=4, size=96, distinct=True)
+    coco = json.loads(data.read_text())
+    assert len({a["category_id"] for a in coco["annotations"]}) >= 2, "want boxes of several classes"
+    summary, scores = overfit(tmp_path, "region", data, steps=30, lr=3e-3, batch_size=4, tile=96)
+    assert summary["last3"] < summary["first3"] / 4, summary
+    assert scores["accuracy"] == 1.0, scores
