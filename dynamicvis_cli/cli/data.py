@@ -79,6 +79,8 @@ def shard(
     classes: o.ClassesOpt = None,
     samples_per_shard: Annotated[int, typer.Option(
         "--samples-per-shard", min=1, help="Samples per tar shard.")] = 1000,
+    image_root: Annotated[Path | None, typer.Option(
+        "--image-root", help="COCO: folder of the images (default: beside the .json).")] = None,
     overwrite: o.OverwriteOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
@@ -89,7 +91,7 @@ def shard(
 
     if not (output.is_dir() and not any(output.iterdir())):  # an empty folder may be filled
         check_writable(output, overwrite=overwrite)
-    spec = open_dataset(data, "detect", format=format, classes=o.parse_classes(classes))
+    spec = open_dataset(data, "detect", format=format, classes=o.parse_classes(classes), image_root=image_root)
     from dynamicvis_cli.data.shards import write_shards  # torch: only once the input is good
 
     def log(line: str) -> None:
