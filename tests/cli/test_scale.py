@@ -1,6 +1,6 @@
 """A 40,000 × 40,000 scene, tiled and striped, through ``dvis segment`` under a 4 GB cgroup.
 
-Opt-in (about half an hour per layout on a 2-core CPU): ``DVIS_SCALE_TESTS=1 python -m pytest
+Opt-in (about 27 minutes per layout on a 2-core CPU): ``DVIS_SCALE_TESTS=1 python -m pytest
 tests/cli/test_scale.py``. The same runs, as a benchmark: ``dvis bench --scene 5000 --scene 40000
 --layout striped --memory-limit 4G --max-memory 4G --no-vector``; results in docs/benchmarks.md
 (``DVIS_SCALE_REPORT=benchmarks/results`` makes this test keep its report there).
