@@ -10,7 +10,6 @@ with the same global batch (up to floating-point summation order).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import shutil
 import time
@@ -31,17 +30,18 @@ from dynamicvis_cli.data.discover import open_dataset
 from dynamicvis_cli.data.records import DatasetSpec
 from dynamicvis_cli.errors import DvisUsageError, OutputExistsError
 from dynamicvis_cli.geo.atomic import atomic_output
-from dynamicvis_cli.infer.runner import autocast, resolve_device
+from dynamicvis_cli.infer.runner import resolve_device
 from dynamicvis_cli.train import checkpoint as ckpt
 from dynamicvis_cli.train.config import DEFAULT_EPOCHS, TrainConfig, resolve
 from dynamicvis_cli.train.distributed import (DistInfo, barrier, count_batchnorm, from_sync_batchnorm,
-                                              init_distributed, mean_over_ranks, shutdown, to_sync_batchnorm,
+                                              init_distributed, shutdown, to_sync_batchnorm,
                                               wants_sync_bn)
 from dynamicvis_cli.train.hooks import ProgressFeed, TokenDrop, freeze_stages
 from dynamicvis_cli.train.logs import RunLog
 from dynamicvis_cli.train.model import build_for_training, export_config
-from dynamicvis_cli.train.optim import build_optimizer, lr_factor, set_lr
-from dynamicvis_cli.train.step import TrainModule, to_device
+from dynamicvis_cli.train.optim import build_optimizer
+from dynamicvis_cli.train.step import TrainModule
+from dynamicvis_cli.train.stepper import Stepper
 from dynamicvis_cli.train.validate import evaluate
 
 Logger = Callable[[str], None]
@@ -262,45 +262,16 @@ def _fit(cfg: TrainConfig, device: torch.device, info: DistInfo, log: Logger,
     last_row: dict[str, Any] = {}
     val_metrics: dict[str, Any] | None = None
     window: list[dict[str, float]] = []
+    stepper = Stepper(module=module, wrapped=wrapped, optimizer=optimizer, scaler=scaler, feed=feed, info=info,
+                      device=device, seed=cfg.seed, lr=cfg.lr, total=total, warmup=warmup,
+                      min_lr_ratio=cfg.min_lr_ratio, accum=cfg.accum, precision=cfg.precision,
+                      grad_clip=cfg.grad_clip)
     for step in range(step0, total):
-        torch.manual_seed((cfg.seed * 1_000_003 + step) * 1009 + info.rank)
-        feed.value = step / total
-        set_lr(optimizer, cfg.lr * lr_factor(step, total, warmup, cfg.min_lr_ratio))
-        optimizer.zero_grad(set_to_none=True)
-        parts: dict[str, float] = {}
-        for m in range(cfg.accum):
-            batch = to_device(next(batches), device)
-            last = m == cfg.accum - 1 or not info.enabled  # DDP all-reduces on the last micro-step only
-            sync = contextlib.nullcontext() if last else wrapped.no_sync()  # type: ignore[operator]
-            with sync:
-                with autocast(device, cfg.precision):
-                    result = wrapped(batch)
-                loss = result["loss"] / cfg.accum
-                if not torch.isfinite(loss):
-                    raise DvisUsageError(f"loss became {float(loss)} at step {step + 1}; lower the learning "
-                                         "rate or use fp32")
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-            for k, v in result.items():
-                parts[k] = parts.get(k, 0.0) + float(v.detach()) / cfg.accum
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], cfg.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        window.append(parts)
+        window.append(stepper.step(step, batches))
         done = step + 1
         if done % cfg.log_every == 0 or done == total or done == step0 + 1:
-            avg = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
-            avg = mean_over_ranks(avg, info, device)
+            last_row = stepper.row(window, done, steps_per_epoch, start)
             window = []
-            last_row = {"step": done, "epoch": round(done / steps_per_epoch, 4),
-                        "lr": optimizer.param_groups[0]["lr"],
-                        **{k: round(v, 6) for k, v in avg.items()},
-                        "elapsed_s": round(time.perf_counter() - start, 2)}
             history.append(last_row["loss"])
             runlog.write(last_row)
             log(f"step {done}/{total} loss {last_row['loss']:.4f} lr {last_row['lr']:.2e}")

@@ -29,7 +29,6 @@ resumed exactly, as in finetune).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -39,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -49,17 +47,17 @@ from dynamicvis_cli.checkpoints.registry import resolve as resolve_model
 from dynamicvis_cli.data.dataset import TaskDataset, collate
 from dynamicvis_cli.errors import DvisUsageError
 from dynamicvis_cli.geo.atomic import atomic_output
-from dynamicvis_cli.infer.runner import autocast, resolve_device
+from dynamicvis_cli.infer.runner import resolve_device
 from dynamicvis_cli.train import checkpoint as ckpt
 from dynamicvis_cli.train.config import TrainConfig, resolve
-from dynamicvis_cli.train.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown
+from dynamicvis_cli.train.distributed import DistInfo, barrier, init_distributed, shutdown
 from dynamicvis_cli.train.hooks import ProgressFeed, TokenDrop, freeze_stages
 from dynamicvis_cli.train.logs import RunLog
 from dynamicvis_cli.train.loop import BatchPlan, _prepare_out
 from dynamicvis_cli.train.meta import MetaEmbeddingLoss, load_embeddings
 from dynamicvis_cli.train.model import build_for_training, export_config
-from dynamicvis_cli.train.optim import build_optimizer, lr_factor, set_lr
-from dynamicvis_cli.train.step import to_device
+from dynamicvis_cli.train.optim import build_optimizer
+from dynamicvis_cli.train.stepper import Stepper
 
 Logger = Callable[[str], None]
 
@@ -288,43 +286,16 @@ def _pretrain(cfg: PretrainConfig, device: torch.device, info: DistInfo, log: Lo
     history: list[float] = []
     window: list[dict[str, float]] = []
     last_row: dict[str, Any] = {}
+    stepper = Stepper(module=module, wrapped=wrapped, optimizer=optimizer, scaler=scaler, feed=feed, info=info,
+                      device=device, seed=cfg.seed, lr=cfg.lr, total=total, warmup=warmup,
+                      min_lr_ratio=cfg.min_lr_ratio, accum=cfg.accum, precision=cfg.precision,
+                      grad_clip=cfg.grad_clip)
     for step in range(step0, total):
-        torch.manual_seed((cfg.seed * 1_000_003 + step) * 1009 + info.rank)
-        feed.value = step / total
-        set_lr(optimizer, cfg.lr * lr_factor(step, total, warmup, cfg.min_lr_ratio))
-        optimizer.zero_grad(set_to_none=True)
-        parts: dict[str, float] = {}
-        for m in range(cfg.accum):
-            batch = to_device(next(batches), device)
-            last = m == cfg.accum - 1 or not info.enabled
-            with contextlib.nullcontext() if last else wrapped.no_sync():  # type: ignore[operator]
-                with autocast(device, cfg.precision):
-                    result = wrapped(batch)
-                loss = result["loss"] / cfg.accum
-                if not torch.isfinite(loss):
-                    raise DvisUsageError(f"loss became {float(loss)} at step {step + 1}; lower the learning rate "
-                                         "or use fp32")
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-            for k, v in result.items():
-                parts[k] = parts.get(k, 0.0) + float(v.detach()) / cfg.accum
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], cfg.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        window.append(parts)
+        window.append(stepper.step(step, batches))
         done = step + 1
         if done % cfg.log_every == 0 or done == total or done == step0 + 1:
-            avg = mean_over_ranks({k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]},
-                                  info, device)
+            last_row = stepper.row(window, done, source.steps_per_epoch, start)
             window = []
-            last_row = {"step": done, "epoch": round(done / source.steps_per_epoch, 4),
-                        "lr": optimizer.param_groups[0]["lr"], **{k: round(v, 6) for k, v in avg.items()},
-                        "elapsed_s": round(time.perf_counter() - start, 2)}
             history.append(last_row["loss"])
             runlog.write(last_row)
             log(f"step {done}/{total} loss {last_row['loss']:.4f} (mil-nce {last_row.get('mil_nce', 0):.4f}, "
