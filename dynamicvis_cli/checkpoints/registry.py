@@ -89,6 +89,18 @@ def released_models() -> dict[str, Path]:
     return found
 
 
+#: The released model each command runs when given no ``--model`` (when that model is installed).
+COMMAND_DEFAULTS = {"segment": "tiny.dubai-landcover"}
+
+
+def default_model(command: str) -> str:
+    """The model ``command`` runs without ``--model``: its released default where that is
+    installed (``models/`` or ``$DVIS_MODEL_PATH``), else the ``base`` architecture (which then
+    needs trained weights or ``--random-weights``)."""
+    name = COMMAND_DEFAULTS.get(command)
+    return name if name is not None and name in released_models() else "base"
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Names matching an fnmatch ``pattern``: architectures, then released models."""
     names = list(_ARCHS) + sorted(released_models())

@@ -22,7 +22,9 @@ def segment(
     simplify: Annotated[float | None, typer.Option("--simplify", help="Simplify polygons (map units).")] = None,
     min_area: Annotated[float | None, typer.Option("--min-area", help="Drop polygons under this area (m², equal-area).")] = None,
     quicklook: o.QuicklookOpt = None,
-    model: o.ModelOpt = "base",
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Model name (dvis models list) or checkpoint path [default: the released "
+                              "land-cover segmenter tiny.dubai-landcover where installed, else base].")] = None,
     classes: o.ClassesOpt = None,
     random_weights: o.RandomOpt = False,
     bands: o.BandsOpt = None,
@@ -55,6 +57,7 @@ def segment(
     o.check_resume(manifest, resume)
     from dynamicvis_cli.cli.common import run_scene_jobs, start_ranks
     from dynamicvis_cli.errors import DvisUsageError
+    from dynamicvis_cli.checkpoints.registry import default_model
     from dynamicvis_cli.infer.batch import plan_jobs
     from dynamicvis_cli.infer.context import RunOptions
     from dynamicvis_cli.infer.dense import segment_scene
@@ -78,5 +81,5 @@ def segment(
                    settings={"tile_size": tile_size, "overlap": overlap, "blend": canonical_mode(mode),
                              "tta": tta.value, "precision": precision.value, "stretch": stretch,
                              "simplify": simplify, "min_area": min_area, "vector": vector is not None},
-                   load={"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),
+                   load={"model": model or default_model("segment"), "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),
                          "random_weights": random_weights, "tile_size": tile_size, "device": device})
