@@ -59,7 +59,7 @@ def _truth(coco: dict, image: dict) -> tuple[list[str], list[list[float]]]:
 
 def test_classify_regions_on_pixel_images(trained: tuple[Path, Path, dict], tmp_path: Path) -> None:
     root, data, coco = trained
-    for image in coco["images"]:
+    for image in coco["images"][1:3]:  # two of the four (each a subprocess); the CRS test takes the first
         names, bboxes = _truth(coco, image)
         regions = tmp_path / f"{image['id']}.gpkg"
         gpd.GeoDataFrame({"truth": names}, geometry=[box(x, y, x + w, y + h) for x, y, w, h in bboxes],
