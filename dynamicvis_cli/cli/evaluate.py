@@ -156,7 +156,7 @@ def evaluate(
                        "a dataset as dvis finetune reads it (folder, COCO .json or geo .yaml).")] = None,
     format: Annotated[str, typer.Option(
         "--format", help="Dataset format (not retrieval): auto, imagefolder, masks, change-pairs, coco, "
-                         "yolo, nwpu, voc, dota, geo.")] = "auto",
+                         "yolo, nwpu, voc, dota, fmow, geo.")] = "auto",
     palette: Annotated[str | None, typer.Option(
         "--palette", help="Colour masks: JSON/YAML file mapping class names to #RRGGBB.")] = None,
     image_root: Annotated[str | None, typer.Option(

@@ -11,7 +11,7 @@ from dynamicvis_cli.cli import options as o
 
 app = typer.Typer()
 
-_TASKS = "classify, segment, change, detect or instance"
+_TASKS = "classify, segment, change, detect, instance or region"
 
 
 @app.command("finetune")
@@ -27,7 +27,7 @@ def finetune(
     format: Annotated[str | None, typer.Option(
         "--format",
         help="Dataset format: auto, imagefolder, masks, change-pairs, coco, yolo, nwpu, voc, dota, "
-             "geo.")] = None,
+             "fmow, geo.")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o",
         help="Run folder; ends as a checkpoint every inference command accepts.")] = None,
