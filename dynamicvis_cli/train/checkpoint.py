@@ -129,3 +129,17 @@ def load_training(folder: Path) -> tuple[dict[str, Tensor], dict[str, Any], dict
     except (OSError, ValueError, json.JSONDecodeError) as exc:
         raise CheckpointError(folder, f"training checkpoint cannot be read ({exc})") from exc
     return model, _join_optimizer(opt_tensors, trainer["optimizer"]), aux, trainer
+
+
+def restore_training(folder: Path, *, model: Any, aux: Any, optimizer: torch.optim.Optimizer,
+                     scaler: Any) -> int:
+    """Load a training checkpoint into the run's model, training-only module (``aux``, may be
+    None), optimiser and fp16 scaler (may be None); returns the step it was taken at."""
+    state, opt_state, aux_state, trainer = load_training(folder)
+    model.load_state_dict(state, strict=True)
+    if aux is not None and aux_state is not None:
+        aux.load_state_dict(aux_state, strict=True)
+    optimizer.load_state_dict(opt_state)
+    if scaler is not None and trainer.get("scaler"):
+        scaler.load_state_dict(trainer["scaler"])
+    return int(trainer["step"])

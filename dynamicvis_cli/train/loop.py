@@ -202,14 +202,8 @@ def _fit(cfg: TrainConfig, device: torch.device, info: DistInfo, log: Logger,
 
     step0 = 0
     if resume_from is not None:
-        state, opt_state, aux_state, trainer = ckpt.load_training(resume_from)
-        net.load_state_dict(state, strict=True)
-        if module.aux is not None and aux_state is not None:
-            module.aux.load_state_dict(aux_state, strict=True)
-        optimizer.load_state_dict(opt_state)
-        if scaler is not None and trainer.get("scaler"):
-            scaler.load_state_dict(trainer["scaler"])
-        step0 = int(trainer["step"])
+        step0 = ckpt.restore_training(resume_from, model=net, aux=module.aux, optimizer=optimizer,
+                                      scaler=scaler)
         log(f"resuming from {resume_from} at step {step0}")
     runlog = RunLog(out, enabled=info.main, resume_step=step0 if resume_from is not None else None)
     if info.main:
