@@ -12,7 +12,9 @@ STRIDE grid; each chip is labelled from its colour mask:
   (``OUT/labels.csv``: path,labels,split,majority; labels separated by ``;``).
 
 Split by whole tiles, as the data set's README gives it (spatially disjoint): train = Tiles 1, 2,
-3, 4, 7, 8; val = Tile 6. Validation chips come from images the gallery never saw.
+3, 4, 7, 8; val = Tile 6. Validation chips come from images the gallery never saw. ``--split
+"Tile 8=select"`` moves a tile to a split of its own (used to choose between models without
+looking at Tile 6).
 
 Usage::
 
@@ -81,8 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-majority", type=float, default=0.4, help="least share of the majority class")
     ap.add_argument("--multi-share", type=float, default=0.1,
                     help="share of labelled pixels for a multi-label")
+    ap.add_argument("--split", action="append", default=[], metavar="TILE=SPLIT",
+                    help="put a tile in another split, e.g. 'Tile 8=select' (a model-selection split)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
+    splits = dict(SPLITS)
+    for item in args.split:
+        tile, sep, split = item.partition("=")
+        if not sep or tile not in splits or not split:
+            print(f"error: --split {item!r}: expected TILE=SPLIT with TILE one of {sorted(splits)}",
+                  file=sys.stderr)
+            return 2
+        splits[tile] = split
     out = args.out.resolve()
     if out == REPO or REPO in out.parents:
         print(f"error: {out} is inside the repository; write chips elsewhere", file=sys.stderr)
@@ -97,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)
     stride = args.stride or args.chip
     rows = []
-    for tile, split in sorted(SPLITS.items()):
+    for tile, split in sorted(splits.items()):
         for image_path in sorted((args.data / tile / "images").glob("*.jpg")):
             mask_path = args.data / tile / "masks" / (image_path.stem + ".png")
             image = np.asarray(Image.open(image_path).convert("RGB"))

@@ -105,7 +105,7 @@ def finetune(
     import os
 
     from dynamicvis_cli.cli.output import emit, err
-    from dynamicvis_cli.train.config import TrainConfig, from_mapping, load_yaml, parse_sets
+    from dynamicvis_cli.train.config import TrainConfig, command_line_config, load_yaml
 
     cfg = load_yaml(config) if config is not None else TrainConfig()
     flags: dict[str, Any] = {
@@ -118,19 +118,8 @@ def finetune(
         "gumbel_schedule": gumbel_schedule, "token_drop": token_drop, "seed": seed, "save_every": save_every,
         "eval_every": eval_every, "log_every": log_every, "workers": workers, "device": device,
     }
-    cfg = from_mapping({k: v for k, v in flags.items() if v is not None}, base=cfg, source="command line")
-    if no_augment:
-        cfg = from_mapping({"augment": "none"}, base=cfg)
-    if resume_from is not None:
-        cfg.resume = str(resume_from)
-    elif resume:
-        cfg.resume = True
-    if overwrite:
-        cfg.overwrite = True
-    if set_:
-        cfg = from_mapping(parse_sets(set_), base=cfg, source="--set")
-    if steps is not None and epochs is None:
-        cfg.epochs = None  # --steps on the command line wins over epochs from a file
+    cfg = command_line_config(cfg, flags, no_augment=no_augment, overwrite=overwrite, sets=set_,
+                              resume=str(resume_from) if resume_from is not None else resume)
     main_rank = os.environ.get("RANK", "0") == "0"
 
     if print_config:

@@ -62,7 +62,7 @@ def pretrain(
     import os
 
     from dynamicvis_cli.cli.output import emit, err
-    from dynamicvis_cli.train.config import from_mapping, load_yaml, parse_sets
+    from dynamicvis_cli.train.config import command_line_config, load_yaml
     from dynamicvis_cli.train.pretrain import PretrainConfig
 
     cfg = load_yaml(config, base=PretrainConfig()) if config is not None else PretrainConfig()
@@ -74,17 +74,7 @@ def pretrain(
         "token_drop": token_drop, "seed": seed, "save_every": save_every, "log_every": log_every,
         "workers": workers, "device": device,
     }
-    cfg = from_mapping({k: v for k, v in flags.items() if v is not None}, base=cfg, source="command line")
-    if no_augment:
-        cfg = from_mapping({"augment": "none"}, base=cfg)
-    if resume:
-        cfg.resume = True
-    if overwrite:
-        cfg.overwrite = True
-    if set_:
-        cfg = from_mapping(parse_sets(set_), base=cfg, source="--set")
-    if steps is not None and epochs is None:
-        cfg.epochs = None
+    cfg = command_line_config(cfg, flags, no_augment=no_augment, resume=resume, overwrite=overwrite, sets=set_)
     main_rank = os.environ.get("RANK", "0") == "0"
     if print_config:
         typer.echo(cfg.to_yaml(), nl=False)

@@ -186,6 +186,33 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def command_line_config(
+    base: TrainConfig,
+    flags: Mapping[str, Any],
+    *,
+    no_augment: bool = False,
+    resume: bool | str = False,
+    overwrite: bool = False,
+    sets: Sequence[str] | None = None,
+) -> TrainConfig:
+    """A config file's ``base`` overridden the way the training commands' flags do it: flags that
+    were given (not None), then ``--no-augment``, ``--resume`` (True or a checkpoint folder),
+    ``--overwrite`` and ``--set KEY=VALUE`` last. ``--steps`` without ``--epochs`` drops the
+    file's epochs, so steps win."""
+    cfg = from_mapping({k: v for k, v in flags.items() if v is not None}, base=base, source="command line")
+    if no_augment:
+        cfg = from_mapping({"augment": "none"}, base=cfg)
+    if resume:
+        cfg.resume = resume
+    if overwrite:
+        cfg.overwrite = True
+    if sets:
+        cfg = from_mapping(parse_sets(sets), base=cfg, source="--set")
+    if flags.get("steps") is not None and flags.get("epochs") is None:
+        cfg.epochs = None
+    return cfg
+
+
 def resolve(cfg: TrainConfig, *, model_tile: int, model_mean: Sequence[float], model_std: Sequence[float],
             in_chans: int, require_io: bool = True, model_bands: Sequence[int] | None = None) -> TrainConfig:
     """Fill the None values from the task's and the model's defaults and validate everything.

@@ -1,0 +1,63 @@
+"""scripts/prepare_release_data.py and benchmarks/make_landcover_chips.py on the real shared data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dynamicvis_cli.data.discover import open_dataset
+from tests.conftest import SHARED
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = SHARED / "data"
+
+
+def _run(script: str, *args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True, check=False)
+
+
+@pytest.mark.skipif(not (DATA / "neon_trees").is_dir() or not (DATA / "dota_harbour").is_dir(),
+                    reason="needs ../shared/data/neon_trees and dota_harbour")
+def test_release_data_splits_and_class_names(tmp_path: Path) -> None:
+    out = tmp_path / "release"
+    r = _run("scripts/prepare_release_data.py", "--out", out)
+    assert r.returncode == 0, r.stderr
+    trees = open_dataset(out / "trees" / "train", "detect", format="voc")
+    assert trees.classes == ["Tree"]  # SOAP's Alive/Dead mapped
+    assert sum(len(rec.boxes) for rec in trees.records) == 37 + 279
+    assert [rec.image.name for rec in open_dataset(out / "trees" / "val", "detect", format="voc").records] \
+        == ["OSBS_029.tif"]
+    train = open_dataset(out / "dota" / "train", "detect", format="dota")
+    test = open_dataset(out / "dota" / "test", "detect", format="dota")
+    assert train.classes == ["harbor", "ship", "vehicle"]
+    n_ship = {s: sum(int((rec.labels == spec.classes.index("ship")).sum()) for rec in spec.records)
+              for s, spec in (("train", train), ("test", test))}
+    assert n_ship["train"] + n_ship["test"] == 297 and min(n_ship.values()) > 50  # every ship, once
+    (rec,) = test.records
+    assert rec.width == 1111 - 740 and (rec.boxes[:, [0, 2]] >= 0).all() and (rec.boxes[:, 2] <= rec.width).all()
+    again = _run("scripts/prepare_release_data.py", "--out", out)
+    assert again.returncode == 2 and "exists" in again.stderr
+    inside = _run("scripts/prepare_release_data.py", "--out", REPO / "release-data")
+    assert inside.returncode == 2 and not (REPO / "release-data").exists()
+
+
+@pytest.mark.skipif(not (DATA / "dubai").is_dir(), reason="needs ../shared/data/dubai")
+def test_landcover_chips_selection_split(tmp_path: Path) -> None:
+    data = tmp_path / "dubai"  # one image of a training tile and one of Tile 8 (the script reads each whole)
+    for tile in ("Tile 1", "Tile 8"):
+        image = min((DATA / "dubai" / tile / "images").glob("*.jpg"))
+        for sub, src in (("images", image), ("masks", image.parent.parent / "masks" / f"{image.stem}.png")):
+            (data / tile / sub).mkdir(parents=True, exist_ok=True)
+            (data / tile / sub / src.name).symlink_to(src)
+    out = tmp_path / "chips"
+    r = _run("benchmarks/make_landcover_chips.py", "--data", data, "--out", out, "--chip", 128,
+             "--split", "Tile 8=select")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["select", "train"]
+    assert all(p.name.startswith("Tile8_") for p in (out / "select").rglob("*.png"))
+    assert not any(p.name.startswith("Tile8_") for p in (out / "train").rglob("*.png"))
+    bad = _run("benchmarks/make_landcover_chips.py", "--out", tmp_path / "x", "--split", "Tile 9=a")
+    assert bad.returncode == 2 and "TILE=SPLIT" in bad.stderr
