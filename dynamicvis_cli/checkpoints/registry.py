@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dynamicvis_cli.checkpoints.config import CONFIG_NAME, ModelConfig
+from dynamicvis_cli.checkpoints.defaults import COMMAND_DEFAULTS
 from dynamicvis_cli.errors import UnknownModelError
 from dynamicvis_cli.nn.backbone import BackboneSpec
 
@@ -89,8 +90,6 @@ def released_models() -> dict[str, Path]:
     return found
 
 
-#: The released model each command runs when given no ``--model`` (when that model is installed).
-COMMAND_DEFAULTS = {"segment": "tiny.dubai-landcover"}
 
 
 def default_model(command: str) -> str:

@@ -23,7 +23,7 @@ def change(
     simplify: Annotated[float | None, typer.Option("--simplify", help="Simplify polygons (map units).")] = None,
     min_area: Annotated[float | None, typer.Option("--min-area", help="Drop polygons under this area (m², equal-area).")] = None,
     quicklook: o.QuicklookOpt = None,
-    model: o.ModelOpt = "base",
+    model: o.DefaultModelOpt = None,
     classes: o.ClassesOpt = None,
     random_weights: o.RandomOpt = False,
     bands: o.BandsOpt = None,
@@ -64,6 +64,9 @@ def change(
         if not path.exists():
             raise InputNotFoundError(path)
     device = start_ranks(device, devices)  # --devices: may re-run this command once per device
+    from dynamicvis_cli.checkpoints.registry import default_model
+
+    model = model or default_model("change")
     set_gdal_cache(o.parse_memory(max_memory))  # before the first raster is read
     world = init_world(device)  # under torchrun: the ranks share the pair's tiles
     with rank_errors(world):

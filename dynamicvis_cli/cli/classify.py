@@ -21,7 +21,7 @@ def classify(
     grid: Annotated[int | None, typer.Option("--grid", help="Classify a scene in CELL x CELL px cells; one polygon per cell.")] = None,
     regions: Annotated[Path | None, typer.Option("--regions", help="Classify these regions of the scene (a vector file; each feature's bounding box) with a region classifier; writes them back with class and score.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes listed per image in JSON.")] = 3,
-    model: o.ModelOpt = "base",
+    model: o.DefaultModelOpt = None,
     classes: o.ClassesOpt = None,
     random_weights: o.RandomOpt = False,
     bands: o.BandsOpt = None,
@@ -60,6 +60,10 @@ def classify(
     device = start_ranks(device, devices)  # --devices: may re-run this command once per device
     if grid is not None and regions is not None:
         raise DvisUsageError("--grid and --regions: choose one")
+    from dynamicvis_cli.checkpoints.registry import default_model
+
+    # a chip classifier is no region classifier: --regions has no released default
+    model = model or default_model("classify --regions" if regions is not None else "classify")
     if regions is not None:
         _classify_regions(inputs, regions, output=output, out_dir=out_dir, name_template=name_template,
                           model=model, bands=bands, classes=classes, random_weights=random_weights, top_k=top_k,

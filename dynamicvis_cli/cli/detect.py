@@ -18,7 +18,7 @@ def detect(
     out_dir: o.OutDirOpt = None,
     name_template: Annotated[str, typer.Option("--name-template", help="Output name under --out-dir.")] = "{stem}.geojson",
     quicklook: o.QuicklookOpt = None,
-    model: o.ModelOpt = "base",
+    model: o.DefaultModelOpt = None,
     classes: o.ClassesOpt = None,
     random_weights: o.RandomOpt = False,
     masks: Annotated[bool, typer.Option(
@@ -71,6 +71,9 @@ def detect(
                             iou_threshold=iou_threshold, max_detections=max_detections,
                             pixel_coords=pixel_coords, stretch=stretch, quicklook=quicklook)
 
+    from dynamicvis_cli.checkpoints.registry import default_model
+
+    model = model or default_model("detect")
     task = detect_task(model, masks=masks)  # "instance" for an instance model or --masks
     # -o -: the features stream to stdout as GeoJSONSeq, so the summary goes to stderr.
     run_scene_jobs("detect", task, jobs, skip_existing=skip_existing, quiet=quiet, run=run,

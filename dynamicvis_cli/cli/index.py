@@ -49,7 +49,7 @@ def build(
     nprobe: Annotated[int | None, typer.Option("--nprobe", min=1, help="IVF clusters scanned per query (default nlist/64).")] = None,
     labels: LabelsOpt = None,
     label_from_folder: FolderLabelOpt = False,
-    model: o.ModelOpt = "base",
+    model: o.DefaultModelOpt = None,
     random_weights: o.RandomOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for building a model with random weights.")] = 0,
     bands: o.BandsOpt = None,
@@ -77,6 +77,9 @@ def build(
     settings = ChipSettings(chip_size=chip_size, stride=stride, min_valid=min_valid, bands=chosen,
                                 stretch=stretch)
     label_table = _labels(labels)
+    from dynamicvis_cli.checkpoints.registry import default_model
+
+    model = model or default_model("index")
     embedder = load_embedder(model, in_chans=len(chosen) if chosen else None, device=device,
                              precision=precision.value, random_weights=random_weights, seed=seed)
     spec = code_spec(code, embedder.dim, bits)

@@ -20,6 +20,7 @@ def list_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """List registered architectures and released models."""
+    from dynamicvis_cli.checkpoints.defaults import COMMAND_DEFAULTS
     from dynamicvis_cli.checkpoints.registry import architectures, list_models, released_models
 
     archs, released = architectures(), released_models()
@@ -29,8 +30,11 @@ def list_cmd(
             rows.append({"name": name, "kind": "architecture", "weights": "none (random init)",
                          "description": archs[name].description})
         else:
+            default_of = [c for c, m in COMMAND_DEFAULTS.items() if m == name]
             rows.append({"name": name, "kind": "released", "weights": str(released[name]),
-                         "description": ""})
+                         "default_of": default_of,
+                         "description": "default of " + ", ".join(f"dvis {c}" for c in default_of)
+                         if default_of else ""})
     if json_out:
         emit({"models": rows})
         return

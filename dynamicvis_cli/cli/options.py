@@ -38,6 +38,12 @@ class Blend(str, Enum):
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name (dvis models list) or checkpoint path.")]
+
+#: ``--model`` of a command with a released default: None runs that command's released model where
+#: installed, else ``base`` (dynamicvis_cli.checkpoints.registry.default_model).
+DefaultModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", help="Model name (dvis models list) or checkpoint path [default: this command's "
+                          "released model where installed (dvis models list marks it), else base].")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 PrecisionOpt = Annotated[Precision, typer.Option("--precision", help="Autocast precision.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Tiles per forward pass.")]

@@ -22,9 +22,7 @@ def segment(
     simplify: Annotated[float | None, typer.Option("--simplify", help="Simplify polygons (map units).")] = None,
     min_area: Annotated[float | None, typer.Option("--min-area", help="Drop polygons under this area (m², equal-area).")] = None,
     quicklook: o.QuicklookOpt = None,
-    model: Annotated[str | None, typer.Option(
-        "--model", "-m", help="Model name (dvis models list) or checkpoint path [default: the released "
-                              "land-cover segmenter tiny.dubai-landcover where installed, else base].")] = None,
+    model: o.DefaultModelOpt = None,
     classes: o.ClassesOpt = None,
     random_weights: o.RandomOpt = False,
     bands: o.BandsOpt = None,
