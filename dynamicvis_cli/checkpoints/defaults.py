@@ -3,4 +3,8 @@ command-line help can name them without loading torch)."""
 
 #: command → released model name (``arch.tag`` in models/ or $DVIS_MODEL_PATH). A command not listed
 #: (or whose model is not installed) falls back to the ``base`` architecture.
-COMMAND_DEFAULTS: dict[str, str] = {"segment": "tiny.dubai-landcover"}
+COMMAND_DEFAULTS: dict[str, str] = {
+    "segment": "tiny.dubai-landcover",
+    "classify": "tiny.dubai-landcover-chips",  # also the embedder: chosen on retrieval, see its card
+    "index": "tiny.dubai-landcover-chips",
+}
