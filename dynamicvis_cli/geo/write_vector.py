@@ -42,10 +42,13 @@ STDOUT = "-"
 
 
 def _write_geojson(gdf: gpd.GeoDataFrame, path: Path, layer: str, tags: Tags) -> None:
+    options: dict[str, str] = {}
     if gdf.crs is not None:
         gdf = gdf.to_crs(4326)  # geopandas keeps x = longitude, y = latitude
-    # RFC7946=YES: right-hand-rule rings, no crs member, 7 decimals (~1 cm), antimeridian split.
-    options = {"RFC7946": "YES"}
+        # RFC7946=YES: right-hand-rule rings, no crs member, 7 decimals (~1 cm), antimeridian split.
+        options["RFC7946"] = "YES"
+    # else: pixel coordinates (asked for): plain GeoJSON without a crs member; RFC 7946 would
+    # refuse x > 180 as a longitude.
     if tags:
         options["FOREIGN_MEMBERS_COLLECTION"] = json.dumps({"dvis": tags})
     pyogrio.write_dataframe(gdf, path, driver="GeoJSON", layer=layer, layer_options=options)
