@@ -90,8 +90,6 @@ def released_models() -> dict[str, Path]:
     return found
 
 
-
-
 def default_model(command: str) -> str:
     """The model ``command`` runs without ``--model``: its released default where that is
     installed (``models/`` or ``$DVIS_MODEL_PATH``), else the ``base`` architecture (which then
