@@ -13,7 +13,10 @@ model's training command can be repeated:
   marina region kept out of training and model selection (a spatial split of the only marina).
   Objects go to the side holding their centre, their corners clipped to it. DOTA names are mapped
   to NWPU VHR-10's (``small-vehicle``/``large-vehicle`` → ``vehicle``); oriented boxes stay
-  oriented in the DOTA file (the reader takes their axis-aligned hull).
+  oriented in the DOTA file (the reader takes their axis-aligned hull);
+- ``OUT/detect/train.json``: COCO file of NWPU VHR-10 ``train/`` plus ``OUT/dota/train`` (the ten
+  NWPU class names; DOTA's oriented boxes as their axis-aligned hulls); ``OUT/detect/val.json``:
+  NWPU ``val/`` (model selection); ``OUT/detect/marina.json``: ``OUT/dota/test`` (held out).
 
 Usage::
 
@@ -31,6 +34,8 @@ import sys
 from pathlib import Path
 
 from PIL import Image
+
+from dynamicvis_cli.errors import DvisError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared" / "data"
@@ -105,6 +110,33 @@ def prepare(shared: Path, out: Path) -> dict[str, int]:
         marina.crop((x0, 0, x1, marina.height)).save(out / "dota" / split / f"{name}.png")
         (out / "dota" / split / f"{name}.txt").write_text(dota_cut(labels, x0, x1))
     counts["dota/train"], counts["dota/test"] = 2, 1
+    counts.update(detection_sets(shared, out))
+    return counts
+
+
+def detection_sets(shared: Path, out: Path) -> dict[str, int]:
+    """COCO files of the ten-class detector's data (see the module docstring)."""
+    from dynamicvis_cli.data.convert import to_coco
+    from dynamicvis_cli.data.discover import open_dataset
+    from dynamicvis_cli.data.nwpu import NWPU_CLASSES
+    from dynamicvis_cli.data.records import DatasetSpec
+
+    def read(path: Path, fmt: str) -> DatasetSpec:
+        return open_dataset(path, "detect", format=fmt, classes=list(NWPU_CLASSES))
+
+    nwpu = shared / "nwpu_vhr10"
+    sets = {
+        "train": [read(nwpu / "train", "nwpu"), read(out / "dota" / "train", "dota")],
+        "val": [read(nwpu / "val", "nwpu")],
+        "marina": [read(out / "dota" / "test", "dota")],
+    }
+    counts = {}
+    for name, specs in sets.items():
+        merged = DatasetSpec(root=out / "detect", format="coco", task="detect", classes=list(NWPU_CLASSES),
+                             records=[r for s in specs for r in s.records])
+        (out / "detect").mkdir(parents=True, exist_ok=True)
+        to_coco(merged, out / "detect" / f"{name}.json")
+        counts[f"detect/{name}"] = len(merged.records)
     return counts
 
 
@@ -125,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)
     try:
         counts = prepare(args.shared, out)
-    except (OSError, FileNotFoundError) as exc:
+    except (OSError, DvisError) as exc:
         shutil.rmtree(out, ignore_errors=True)
         print(f"error: {exc}", file=sys.stderr)
         return 2

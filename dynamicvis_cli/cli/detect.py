@@ -19,7 +19,9 @@ def detect(
     name_template: Annotated[str, typer.Option("--name-template", help="Output name under --out-dir.")] = "{stem}.geojson",
     quicklook: o.QuicklookOpt = None,
     model: o.DefaultModelOpt = None,
-    classes: o.ClassesOpt = None,
+    classes: Annotated[str | None, typer.Option(
+        "--classes", help="Comma-separated class names: keep only these (a model with its own head), or the "
+                          "classes of a new random head (a backbone or random model).")] = None,
     random_weights: o.RandomOpt = False,
     masks: Annotated[bool, typer.Option(
         "--masks", help="Instance masks as polygons: build a Mask R-CNN head on a backbone or random model "
@@ -53,7 +55,7 @@ def detect(
     from dynamicvis_cli.cli.common import run_scene_jobs, start_ranks
     from dynamicvis_cli.infer.batch import plan_jobs
     from dynamicvis_cli.infer.context import RunOptions
-    from dynamicvis_cli.infer.detect import detect_scene, detect_task
+    from dynamicvis_cli.infer.detect import class_filter, detect_scene, detect_task
 
     jobs = plan_jobs(inputs, output=output, out_dir=out_dir, template=name_template, shard_spec=shard)
     if quicklook is not None and len(jobs) > 1:
@@ -69,12 +71,14 @@ def detect(
                           progress=bar, max_memory=o.parse_memory(max_memory), tta=tta.value, world=job.world)
         return detect_scene(loaded, job.src, job.out, bands=chosen, opts=opts, threshold=threshold,
                             iou_threshold=iou_threshold, max_detections=max_detections,
-                            pixel_coords=pixel_coords, stretch=stretch, quicklook=quicklook)
+                            pixel_coords=pixel_coords, stretch=stretch, quicklook=quicklook, keep_classes=keep)
 
     from dynamicvis_cli.checkpoints.registry import default_model
 
     model = model or default_model("detect")
     task = detect_task(model, masks=masks)  # "instance" for an instance model or --masks
+    # A model with its own head: --classes filters its output; else it names a new head's classes.
+    keep, head_classes = class_filter(model, task, o.parse_classes(classes))
     # -o -: the features stream to stdout as GeoJSONSeq, so the summary goes to stderr.
     run_scene_jobs("detect", task, jobs, skip_existing=skip_existing, quiet=quiet, run=run,
                    max_memory=max_memory, summary_to_stderr=str(output) == "-",
@@ -82,6 +86,6 @@ def detect(
                    settings={"tile_size": tile_size, "overlap": overlap, "tta": tta.value,
                              "precision": precision.value, "stretch": stretch, "threshold": threshold,
                              "iou_threshold": iou_threshold, "max_detections": max_detections,
-                             "masks": masks, "pixel_coords": pixel_coords},
-                   load={"model": model, "bands": o.parse_bands(bands), "classes": o.parse_classes(classes),
+                             "masks": masks, "pixel_coords": pixel_coords, "keep_classes": keep},
+                   load={"model": model, "bands": o.parse_bands(bands), "classes": head_classes,
                          "random_weights": random_weights, "tile_size": tile_size, "device": device})

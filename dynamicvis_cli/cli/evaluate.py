@@ -130,13 +130,15 @@ def print_table(report: dict[str, Any]) -> None:
         for name, v in per_class.items():
             pc.add_row(name, *(_fmt(v[k]) for k in ("precision", "recall", "f1", "iou")), str(v["support"]))
         err.print(pc)
-    ap = metrics.get("per_class_ap") or (metrics.get("mask") or {}).get("per_class_ap")
+    scored = metrics if "per_class_ap" in metrics else metrics.get("mask") or {}
+    ap, ap50 = scored.get("per_class_ap"), scored.get("per_class_ap50") or {}
     if isinstance(ap, dict) and ap:
-        pc = Table(title="AP per class (0.50:0.95)", title_justify="left")
+        pc = Table(title="AP per class", title_justify="left")
         pc.add_column("class")
-        pc.add_column("AP", justify="right")
+        pc.add_column("AP (0.50:0.95)", justify="right")
+        pc.add_column("AP50", justify="right")
         for name, v in ap.items():
-            pc.add_row(name, _fmt(v))
+            pc.add_row(name, _fmt(v), _fmt(ap50.get(name)))
         err.print(pc)
 
 

@@ -91,7 +91,7 @@ def coco_ap(predictions: Sequence[dict[str, Any]], targets: Sequence[dict[str, A
     Returns:
         ``ap`` (0.50:0.95), ``ap50``, ``ap75``, ``ap_small``, ``ap_medium``, ``ap_large`` (-1 when no
         class has a target in that range, as COCOeval), ``ar100`` (mean recall at 100 detections)
-        and ``per_class_ap``.
+        ``per_class_ap`` and ``per_class_ap50`` (classes with targets).
     """
     if kind not in ("bbox", "segm"):
         raise ValueError(f"kind must be bbox or segm, not {kind!r}")
@@ -171,6 +171,7 @@ def coco_ap(predictions: Sequence[dict[str, Any]], targets: Sequence[dict[str, A
         out[f"ap_{name}"] = mean(summarise(name)[0])
     out["ar100"] = mean(rec_all)
     out["per_class_ap"] = {c: float(prec_all[:, c].mean()) for c in range(num_classes) if n_gt["all"][c]}
+    out["per_class_ap50"] = {c: float(prec_all[0, c]) for c in range(num_classes) if n_gt["all"][c]}
     out["targets"] = int(n_gt["all"].sum())
     out["detections"] = int(sum(len(np.asarray(p["scores"]).reshape(-1)) for p in predictions))
     return out

@@ -128,7 +128,8 @@ def evaluate_model(model: Any, dataset: TaskDataset, classes: Sequence[str], *, 
     names = list(classes)
 
     def named(r: dict[str, Any]) -> dict[str, Any]:
-        return {**r, "per_class_ap": {names[c]: v for c, v in r["per_class_ap"].items()}}
+        per_class = ("per_class_ap", "per_class_ap50")
+        return {**r, **{key: {names[c]: v for c, v in r[key].items()} for key in per_class}}
 
     box = named(coco_ap(preds, targets, len(classes), kind="bbox"))
     if task == "detect":

@@ -24,7 +24,7 @@ run that shares one scene, each rank runs its band of tile rows and applies the 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ from dynamicvis_cli.infer.stitch_boxes import BoxMerger, Detections
 from dynamicvis_cli.infer.tiling import TileGrid
 from dynamicvis_cli.infer.tta import detections as tta_detections
 from dynamicvis_cli.infer.tta import transforms as tta_transforms
-
 
 #: Boxes narrower or lower than this many pixels (after cutting at their tile) are dropped.
 MIN_BOX_PIXELS = 1.0
@@ -161,6 +160,28 @@ def detect_task(model: str | os.PathLike[str], *, masks: bool = False) -> str:
     return "instance" if masks else "detect"
 
 
+def class_filter(model: str | os.PathLike[str], task: str,
+                 classes: list[str] | None) -> tuple[list[str] | None, list[str] | None]:
+    """What ``--classes`` means for ``model``: ``(classes to keep, classes of a new head)``.
+
+    A model with a head of its own for ``task`` keeps only the named classes (each must be one of
+    its classes); a backbone or random model gets a new head with these classes.
+
+    Raises:
+        DvisUsageError: a class the model does not know.
+    """
+    from dynamicvis_cli.checkpoints.registry import resolve
+
+    config, _ = resolve(model)
+    if not classes or config.task != task:
+        return None, classes
+    unknown = [c for c in classes if c not in config.classes]
+    if unknown:
+        raise DvisUsageError(f"--classes: {', '.join(unknown)} not among {model}'s classes "
+                             f"({', '.join(config.classes)})")
+    return classes, None
+
+
 def _lower_score_floor(module: Any, threshold: float) -> None:
     """Let the detector pass boxes down to the user's threshold (the merger applies it)."""
     fcos = getattr(module, "fcos", None)
@@ -184,13 +205,16 @@ def detect_scene(
     pixel_coords: bool = False,
     stretch: bool = False,
     quicklook: Path | None = None,
+    keep_classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Detect objects in one scene and write them as polygons; returns the summary.
 
     An instance model (``loaded.config.task == "instance"``) writes each detection's mask as its
-    polygon (see the module docstring).
+    polygon (see the module docstring). ``keep_classes``: only these classes are detected (the
+    others are dropped in each tile, before the seams are merged).
     """
     classes = loaded.config.classes
+    wanted = np.array([1 + classes.index(c) for c in keep_classes] if keep_classes else [], dtype=np.int64)
     with_masks = loaded.config.task == "instance"
     tile, overlap = tiling(loaded, opts)
     coarsest = 2 * loaded.config.backbone.reductions[-1]  # the FPN's extra max-pooled level
@@ -240,6 +264,8 @@ def detect_scene(
                     labels = r["labels"].cpu().numpy()
                     # FCOS's class 0 is background (never a training target): not a detection.
                     keep = (valid[cy, cx] & (labels >= 1)) if len(boxes) else np.zeros(0, dtype=bool)
+                    if len(wanted):
+                        keep &= np.isin(labels, wanted)
                     # Under a pixel on a side (after cutting at the tile) is not an object at this
                     # resolution, and would collapse to a line in 7-decimal GeoJSON.
                     bw = np.minimum(boxes[:, 2], w) - np.maximum(boxes[:, 0], 0)
@@ -292,7 +318,8 @@ def detect_scene(
         tags = provenance(loaded, [Path(source)], checksums=checksums, bands=bands, command="detect",
                           tile_size=tile, overlap=overlap, threshold=threshold, iou_threshold=iou_threshold,
                           max_detections=max_detections, masks=with_masks,
-                          tta=opts.tta if opts.tta != "none" else None)
+                          tta=opts.tta if opts.tta != "none" else None,
+                          keep_classes=list(keep_classes) if keep_classes else None)
         timer.lap("checksum_wait")
         write_vectors(gdf, output, overwrite=opts.overwrite, pixel_coords=src.crs is None, source=source,
                       tags=tags)
@@ -301,7 +328,8 @@ def detect_scene(
             from dynamicvis_cli.geo.quicklook import quicklook_boxes
 
             quicklook_boxes(Path(source), bands, det.boxes, det.labels, quicklook, overwrite=opts.overwrite)
-        counts = {c: int((det.labels == i).sum()) for i, c in enumerate(classes)}
+        counts = {c: int((det.labels == i).sum()) for i, c in enumerate(classes)
+                  if not keep_classes or c in keep_classes}
         return {
             "input": str(source), "output": str(output), "crs": describe_crs(src.crs),
             "quicklook": str(quicklook) if quicklook else None,

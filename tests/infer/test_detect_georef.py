@@ -87,3 +87,45 @@ def test_box_lands_at_the_right_lon_lat(name: str, row: int, col: int, tile: int
     cols, rows = ~transform * (np.asarray(xs), np.asarray(ys))
     assert (cols.min(), rows.min(), cols.max(), rows.max()) == pytest.approx(
         (col, row, col + MARKER, row + MARKER), abs=0.01)
+
+
+class TwoColourDetector(nn.Module):
+    """Class 1 ("red") where the first band is bright, class 2 ("green") where the second is."""
+
+    def predict(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for img in x:
+            boxes, labels = [], []
+            for label, b in ((1, 0), (2, 1)):
+                ys, xs = torch.nonzero((img[b] > 2.0) & (img[1 - b] < 0.5), as_tuple=True)
+                if len(ys):
+                    boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+                    labels.append(label)
+            out.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                        "scores": torch.full((len(labels),), 0.9), "labels": torch.tensor(labels, dtype=torch.int64)})
+        return out
+
+
+@pytest.mark.parametrize(("keep", "expected"), [(None, ["green", "red"]), (["green"], ["green"]),
+                                                (["red"], ["red"])])
+def test_keep_classes_drops_the_others(keep: list[str] | None, expected: list[str], tmp_path: Path) -> None:
+    src = SHARED / "data" / "geotiff" / "RGB.byte.tif"
+    if not src.exists():
+        pytest.skip(f"{src} not found (needs ../shared/data)")
+    scene = tmp_path / "two.tif"
+    with rasterio.open(src) as s:
+        data, profile = np.minimum(s.read(), 30), s.profile
+    data[0, 100:108, 100:108] = 255  # red square
+    data[1, 300:308, 400:408] = 255  # green square
+    with rasterio.open(scene, "w", **profile) as d:
+        d.write(data)
+    config = arch_config("tiny")
+    config.task, config.classes, config.tile_size = "detect", ["red", "green"], 128
+    loaded = LoadedTaskModel(TwoColourDetector(), config, {"trunk": "test", "head": "test"}, "two")
+    out = tmp_path / "boxes.gpkg"
+    summary = detect_scene(loaded, scene, out, bands=[1, 2, 3], keep_classes=keep,
+                           opts=RunOptions(device="cpu", tile_size=128, overlap=32))
+    found = gpd.read_file(out)
+    assert sorted(found["class"]) == expected
+    assert sorted(summary["per_class"]) == sorted(set(expected) if keep else ["red", "green"])
+    assert sum(summary["per_class"].values()) == summary["detections"] == len(expected)

@@ -19,8 +19,8 @@ def _run(script: str, *args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True, check=False)
 
 
-@pytest.mark.skipif(not (DATA / "neon_trees").is_dir() or not (DATA / "dota_harbour").is_dir(),
-                    reason="needs ../shared/data/neon_trees and dota_harbour")
+@pytest.mark.skipif(not all((DATA / d).is_dir() for d in ("neon_trees", "dota_harbour", "nwpu_vhr10")),
+                    reason="needs ../shared/data/neon_trees, dota_harbour and nwpu_vhr10")
 def test_release_data_splits_and_class_names(tmp_path: Path) -> None:
     out = tmp_path / "release"
     r = _run("scripts/prepare_release_data.py", "--out", out)
@@ -38,6 +38,20 @@ def test_release_data_splits_and_class_names(tmp_path: Path) -> None:
     assert n_ship["train"] + n_ship["test"] == 297 and min(n_ship.values()) > 50  # every ship, once
     (rec,) = test.records
     assert rec.width == 1111 - 740 and (rec.boxes[:, [0, 2]] >= 0).all() and (rec.boxes[:, 2] <= rec.width).all()
+    # the ten-class detector's COCO files: NWPU train + DOTA train; NWPU val; the held-out marina
+    coco = {s: open_dataset(out / "detect" / f"{s}.json", "detect") for s in ("train", "val", "marina")}
+    nwpu = {s: open_dataset(DATA / "nwpu_vhr10" / s, "detect", format="nwpu") for s in ("train", "val")}
+    assert all(c.classes == nwpu["train"].classes for c in coco.values()) and len(coco["train"].classes) == 10
+    assert len(coco["train"].records) == len(nwpu["train"].records) + 2
+    boxes = {s: sum(len(r.boxes) for r in c.records) for s, c in coco.items()}
+    assert boxes["train"] == sum(len(r.boxes) for r in nwpu["train"].records + train.records)
+    assert boxes["val"] == sum(len(r.boxes) for r in nwpu["val"].records)
+    assert boxes["marina"] == len(rec.boxes)
+    ship = coco["train"].classes.index("ship")
+    marina_ships = sum(int((r.labels == ship).sum()) for r in coco["marina"].records)
+    assert marina_ships == n_ship["test"]
+    held_out = {r.image.resolve() for r in coco["val"].records + coco["marina"].records}
+    assert not held_out & {r.image.resolve() for r in coco["train"].records}
     again = _run("scripts/prepare_release_data.py", "--out", out)
     assert again.returncode == 2 and "exists" in again.stderr
     inside = _run("scripts/prepare_release_data.py", "--out", REPO / "release-data")

@@ -46,6 +46,8 @@ def test_hand_computed_ap_thresholds_and_area_ranges() -> None:
     class0 = 51 * 0.5 / 101
     assert r["ap50"] == pytest.approx(class0 / 2) and r["ap75"] == pytest.approx(class0 / 2)
     assert r["ap"] == pytest.approx(class0 * 7 / 10 / 2)
+    assert r["per_class_ap50"] == {0: pytest.approx(class0), 1: 0.0}
+    assert r["per_class_ap"][0] == pytest.approx(class0 * 7 / 10)
     # small: class 0 has one small target (recall 1 at precision 1/2); class 1 has none (left out)
     assert r["ap_small"] == pytest.approx(0.5 * 7 / 10)
     assert r["ap_medium"] == 0.0 and r["ar100"] == pytest.approx((0.5 * 7 / 10 + 0) / 2)
