@@ -16,7 +16,9 @@ model's training command can be repeated:
   oriented in the DOTA file (the reader takes their axis-aligned hull);
 - ``OUT/detect/train.json``: COCO file of NWPU VHR-10 ``train/`` plus ``OUT/dota/train`` (the ten
   NWPU class names; DOTA's oriented boxes as their axis-aligned hulls); ``OUT/detect/val.json``:
-  NWPU ``val/`` (model selection); ``OUT/detect/marina.json``: ``OUT/dota/test`` (held out).
+  NWPU ``val/`` (model selection); ``OUT/detect/marina.json``: ``OUT/dota/test`` (held out);
+  ``OUT/detect/train-balanced.json``: as ``train.json`` with the DOTA images listed several times
+  (``DOTA_REPEAT``), so that the one training marina is not 1 crop in 181.
 
 Usage::
 
@@ -28,6 +30,7 @@ The output folder must be outside the repository; an existing one is refused unl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import shutil
 import sys
@@ -44,6 +47,7 @@ TREE_NAMES = {"Alive": "Tree", "Dead": "Tree"}
 DOTA_NAMES = {"small-vehicle": "vehicle", "large-vehicle": "vehicle"}
 TREES = {"train": ["SOAP_061.png", "2019_YELL_2_541000_4977000_image_crop.png"], "val": ["OSBS_029.tif"]}
 DOTA_SPLIT_X = 740  # P0706_north: columns left of this train, the rest test
+DOTA_REPEAT = {"P0706_north_x0-740.png": 20, "P1888.png": 5}  # times listed in train-balanced.json
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -125,8 +129,12 @@ def detection_sets(shared: Path, out: Path) -> dict[str, int]:
         return open_dataset(path, "detect", format=fmt, classes=list(NWPU_CLASSES))
 
     nwpu = shared / "nwpu_vhr10"
+    dota_train = read(out / "dota" / "train", "dota")
+    repeated = dataclasses.replace(dota_train, records=[r for r in dota_train.records
+                                                        for _ in range(DOTA_REPEAT.get(r.image.name, 1))])
     sets = {
-        "train": [read(nwpu / "train", "nwpu"), read(out / "dota" / "train", "dota")],
+        "train": [read(nwpu / "train", "nwpu"), dota_train],
+        "train-balanced": [read(nwpu / "train", "nwpu"), repeated],
         "val": [read(nwpu / "val", "nwpu")],
         "marina": [read(out / "dota" / "test", "dota")],
     }

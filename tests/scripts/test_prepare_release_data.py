@@ -50,6 +50,8 @@ def test_release_data_splits_and_class_names(tmp_path: Path) -> None:
     ship = coco["train"].classes.index("ship")
     marina_ships = sum(int((r.labels == ship).sum()) for r in coco["marina"].records)
     assert marina_ships == n_ship["test"]
+    balanced = open_dataset(out / "detect" / "train-balanced.json", "detect")
+    assert len(balanced.records) == len(coco["train"].records) + 19 + 4  # marina x20, P1888 x5
     held_out = {r.image.resolve() for r in coco["val"].records + coco["marina"].records}
     assert not held_out & {r.image.resolve() for r in coco["train"].records}
     again = _run("scripts/prepare_release_data.py", "--out", out)
