@@ -5,6 +5,7 @@ command-line help can name them without loading torch)."""
 #: (or whose model is not installed) falls back to the ``base`` architecture.
 COMMAND_DEFAULTS: dict[str, str] = {
     "segment": "tiny.dubai-landcover",
+    "detect": "tiny.nwpu-dota",
     "classify": "tiny.dubai-landcover-chips",  # also the embedder: chosen on retrieval, see its card
     "index": "tiny.dubai-landcover-chips",
 }
