@@ -129,12 +129,12 @@ def detection_sets(shared: Path, out: Path) -> dict[str, int]:
         return open_dataset(path, "detect", format=fmt, classes=list(NWPU_CLASSES))
 
     nwpu = shared / "nwpu_vhr10"
-    dota_train = read(out / "dota" / "train", "dota")
+    nwpu_train, dota_train = read(nwpu / "train", "nwpu"), read(out / "dota" / "train", "dota")
     repeated = dataclasses.replace(dota_train, records=[r for r in dota_train.records
                                                         for _ in range(DOTA_REPEAT.get(r.image.name, 1))])
     sets = {
-        "train": [read(nwpu / "train", "nwpu"), dota_train],
-        "train-balanced": [read(nwpu / "train", "nwpu"), repeated],
+        "train": [nwpu_train, dota_train],
+        "train-balanced": [nwpu_train, repeated],
         "val": [read(nwpu / "val", "nwpu")],
         "marina": [read(out / "dota" / "test", "dota")],
     }
