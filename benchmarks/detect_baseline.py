@@ -26,7 +26,6 @@ Usage (the files come from ``scripts/prepare_release_data.py``)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,17 +33,26 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from dynamicvis_cli.checkpoints.config import IMAGENET_MEAN, IMAGENET_STD
 from dynamicvis_cli.data.augment import AugmentConfig
-from dynamicvis_cli.data.dataset import TaskDataset, collate
+from dynamicvis_cli.data.dataset import TaskDataset
 from dynamicvis_cli.data.discover import open_dataset
 from dynamicvis_cli.data.records import DatasetSpec
 from dynamicvis_cli.evaluate.tasks import evaluate_model
-from dynamicvis_cli.train.loop import BatchPlan
 from dynamicvis_cli.train.optim import build_optimizer, set_lr
 from dynamicvis_cli.train.step import detection_targets
+
+sys.path.insert(0, str(Path(__file__).parent))
+from baseline_loop import (
+    Budget,
+    batch_stream,
+    new_report,
+    optimise,
+    parameters_m,
+    run_models,
+    train_for,
+)
 
 
 class TorchvisionDetector(nn.Module):
@@ -94,44 +102,29 @@ def score(model: nn.Module, spec: DatasetSpec, tile: int) -> dict[str, Any]:
 def train(name: str, spec: DatasetSpec, val: DatasetSpec, test: DatasetSpec | None,
           args: argparse.Namespace) -> dict[str, Any]:
     model, start = build(name, spec.classes, args.tile_size)
-    params = sum(p.numel() for p in model.parameters())
+    params = parameters_m(model)
     ds = TaskDataset(spec, tile_size=args.tile_size, bands=[1, 2, 3], mean=IMAGENET_MEAN, std=IMAGENET_STD,
                      augment=AugmentConfig(), seed=args.seed)
-    per_epoch = max(1, len(ds) // args.batch_size)
-    plan = BatchPlan(seed=args.seed, items=len(ds), batch_size=args.batch_size, accum=1,
-                     steps_per_epoch=per_epoch, start=0, stop=10**9)
-    batches = iter(DataLoader(ds, batch_sampler=plan, num_workers=args.workers, collate_fn=collate))
+    batches = batch_stream(ds, batch_size=args.batch_size, seed=args.seed, workers=args.workers)
     opt = build_optimizer(model, args.lr, args.weight_decay)
     model.train()
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    step = 0
-    while time.perf_counter() - t0 < args.seconds:
-        set_lr(opt, args.lr * min(1.0, (step + 1) / args.warmup_steps))
+
+    def step(i: int, elapsed: float) -> float:
+        set_lr(opt, args.lr * min(1.0, (i + 1) / args.warmup_steps))
         batch = next(batches)
         loss = sum(model(list(batch["image"]), detection_targets(batch)).values())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        opt.step()
-        losses.append(float(loss.detach()))
-        step += 1
-        if step % 50 == 0:
-            print(f"{name}: step {step} loss {sum(losses[-50:]) / 50:.4f} "
-                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    train_s = time.perf_counter() - t0
+        optimise(opt, loss, model.parameters(), args.grad_clip)
+        return float(loss.detach())
+
+    log = train_for(Budget(seconds=args.seconds), step, name=name)
     model.eval()
     t1 = time.perf_counter()
-    result: dict[str, Any] = {"model": name, "weights": start, "parameters_m": round(params / 1e6, 2),
-                              "steps": step, "train_seconds": round(train_s, 1),
-                              "seconds_per_step": round(train_s / max(step, 1), 2),
-                              "first_loss": round(losses[0], 4) if losses else None,
-                              "last_50_mean_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4),
+    result: dict[str, Any] = {"model": name, "weights": start, "parameters_m": params, **log.summary(),
                               "val": score(model, val, args.tile_size)}
     if test is not None:
         result["test"] = score(model, test, args.tile_size)
     result["eval_seconds"] = round(time.perf_counter() - t1, 1)
-    print(f"{name}: {step} steps, val AP50 {result['val']['ap50']:.3f}", file=sys.stderr)
+    print(f"{name}: {len(log.losses)} steps, val AP50 {result['val']['ap50']:.3f}", file=sys.stderr)
     return result
 
 
@@ -161,26 +154,19 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     spec, val = read(args.data), read(args.val_data)
     test = read(args.test_data) if args.test_data is not None else None
-    sys.path.insert(0, str(Path(__file__).parent))
-    from classify_baseline import machine
-
-    report: dict[str, Any] = {
-        "benchmark": "detect_baseline", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-        "data": {"train": str(args.data), "val": str(args.val_data), "test": str(args.test_data),
-                 "train_images": len(spec.records), "val_images": len(val.records),
-                 "classes": spec.classes},
-        "budget": {"seconds_per_model": args.seconds, "tile": args.tile_size, "batch_size": args.batch_size,
-                   "optimizer": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay,
-                   "schedule": f"linear warm-up {args.warmup_steps} steps, then constant",
-                   "grad_clip": args.grad_clip, "augment": "dvis defaults (flips, rot90, scale 0.75-1.33, colour)"},
-        "scoring": "COCO AP over the tiles of each image (dvis evaluate's protocol)",
-        "results": [],
-    }
-    for name in args.models.split(","):
-        report["results"].append(train(name.strip(), spec, val, test, args))
-        if args.out is not None:  # after each model: a stopped run keeps what it measured
-            args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=1))
+    report = new_report(
+        "detect_baseline",
+        data={"train": str(args.data), "val": str(args.val_data), "test": str(args.test_data),
+              "train_images": len(spec.records), "val_images": len(val.records),
+              "classes": spec.classes},
+        budget={"seconds_per_model": args.seconds, "tile": args.tile_size, "batch_size": args.batch_size,
+                "optimizer": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay,
+                "schedule": f"linear warm-up {args.warmup_steps} steps, then constant",
+                "grad_clip": args.grad_clip,
+                "augment": "dvis defaults (flips, rot90, scale 0.75-1.33, colour)"},
+        scoring="COCO AP over the tiles of each image (dvis evaluate's protocol)",
+    )
+    run_models(report, args.models, lambda name: train(name, spec, val, test, args), args.out)
     return 0
 
 

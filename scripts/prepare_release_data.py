@@ -18,7 +18,12 @@ model's training command can be repeated:
   NWPU class names; DOTA's oriented boxes as their axis-aligned hulls); ``OUT/detect/val.json``:
   NWPU ``val/`` (model selection); ``OUT/detect/marina.json``: ``OUT/dota/test`` (held out);
   ``OUT/detect/train-balanced.json``: as ``train.json`` with the DOTA images listed several times
-  (``DOTA_REPEAT``), so that the one training marina is not 1 crop in 181.
+  (``DOTA_REPEAT``), so that the one training marina is not 1 crop in 181;
+- ``OUT/change/train`` (A/, B/, label/): the training pairs of LEVIR-CD (``change/``) and DSIFN-CD
+  (``change_dsifn/``), each listed ``CHANGE_REPEAT`` times, plus ``PSEUDO_PAIRS`` pseudo-pairs made
+  from the Dubai land-cover training tiles (see :func:`pseudo_pair`); ``OUT/change/levir-test``,
+  ``OUT/change/dsifn-test``: the two sets' held-out pairs (their READMEs' val split);
+  ``OUT/change/dubai-test``: pseudo-pairs from Dubai Tile 6 (held out from every land-cover model).
 
 Usage::
 
@@ -31,11 +36,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import random
 import re
 import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from dynamicvis_cli.errors import DvisError
@@ -48,6 +56,15 @@ DOTA_NAMES = {"small-vehicle": "vehicle", "large-vehicle": "vehicle"}
 TREES = {"train": ["SOAP_061.png", "2019_YELL_2_541000_4977000_image_crop.png"], "val": ["OSBS_029.tif"]}
 DOTA_SPLIT_X = 740  # P0706_north: columns left of this train, the rest test
 DOTA_REPEAT = {"P0706_north_x0-740.png": 20, "P1888.png": 5}  # times listed in train-balanced.json
+CHANGE_TEST = {"change": ("test_2_0000_0000", "test_77_0512_0256", "test_7_0256_0512"),  # the READMEs' val
+               "change_dsifn": ("1_1", "5_3")}
+CHANGE_PREFIX = {"change": "levir", "change_dsifn": "dsifn"}
+CHANGE_REPEAT = 4  # each real training pair listed this many times beside the pseudo-pairs
+PSEUDO_PAIRS = {"train": 48, "test": 16}
+PSEUDO_SIZE = 256
+DUBAI_TILES = {"train": ("Tile 1", "Tile 2", "Tile 3", "Tile 4", "Tile 7", "Tile 8"), "test": ("Tile 6",)}
+PASTED = (0, 2, 3, 4)  # building, road, vegetation, water (not land)
+DUBAI_COLOURS = ((0x3C, 0x10, 0x98), (0x84, 0x29, 0xF6), (0x6E, 0xC1, 0xE4), (0xFE, 0xDD, 0x3A), (0xE2, 0xA9, 0x29))
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -115,6 +132,89 @@ def prepare(shared: Path, out: Path) -> dict[str, int]:
         (out / "dota" / split / f"{name}.txt").write_text(dota_cut(labels, x0, x1))
     counts["dota/train"], counts["dota/test"] = 2, 1
     counts.update(detection_sets(shared, out))
+    counts.update(change_sets(shared, out))
+    return counts
+
+
+def dubai_classes(mask: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Class index per pixel of a Dubai colour mask (order of ``DUBAI_COLOURS``; 255 = unlabelled)."""
+    out = np.full(mask.shape[:2], 255, np.uint8)
+    for k, colour in enumerate(DUBAI_COLOURS):
+        out[(mask[..., :3] == colour).all(-1)] = k
+    return out
+
+
+def _window(rng: random.Random, image: NDArray[np.uint8], size: int) -> tuple[slice, slice]:
+    y, x = rng.randrange(image.shape[0] - size + 1), rng.randrange(image.shape[1] - size + 1)
+    return slice(y, y + size), slice(x, x + size)
+
+
+def pseudo_pair(rng: random.Random, scenes: list[tuple[NDArray[np.uint8], NDArray[np.uint8]]],
+                size: int = PSEUDO_SIZE) -> tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint8]]:
+    """A synthetic before/after pair and its change label from single-date labelled scenes.
+
+    ``scenes`` are (RGB image, class index) pairs. The first date is a window of one scene; the
+    second is the same window with up to three land-cover patches pasted in from other windows:
+    the pixels of one class inside a random rectangle of a source window (so changes have the
+    shapes of real buildings, roads, vegetation or water, not of rectangles; bare land, the
+    background of most windows, is never pasted). Changed = pasted
+    pixels whose class differs from what was there. One pair in six gets no paste (no change).
+    The whole second date is then shifted in brightness and colour, as two acquisitions are.
+    Returns (before, after, label) with label 0 = unchanged, 255 = changed.
+    """
+    image, classes = scenes[rng.randrange(len(scenes))]
+    win = _window(rng, image, size)
+    before, before_cls = image[win].copy(), classes[win]
+    after, changed = before.astype(np.float32), np.zeros((size, size), bool)
+    for _ in range(0 if rng.random() < 1 / 6 else rng.randint(1, 3)):
+        src_image, src_classes = scenes[rng.randrange(len(scenes))]
+        src = _window(rng, src_image, size)
+        h, w = rng.randint(size // 6, size * 3 // 4), rng.randint(size // 6, size * 3 // 4)
+        y, x = rng.randrange(size - h + 1), rng.randrange(size - w + 1)
+        rect = np.zeros((size, size), bool)
+        rect[y:y + h, x:x + w] = True
+        src_cls = src_classes[src]
+        present = [int(c) for c in np.unique(src_cls[rect])
+                   if c in PASTED and (src_cls[rect] == c).mean() > 0.05]
+        if not present:
+            continue
+        paste = rect & (src_cls == rng.choice(present))
+        after[paste] = src_image[src][paste]
+        changed |= paste & (src_cls != before_cls) & (before_cls != 255)
+    gain = np.array([rng.uniform(0.85, 1.15) for _ in range(3)], np.float32)
+    after = np.clip(after * gain + rng.uniform(-15, 15), 0, 255).astype(np.uint8)
+    return before, after, np.where(changed, 255, 0).astype(np.uint8)
+
+
+def change_sets(shared: Path, out: Path) -> dict[str, int]:
+    """The change detector's folders (see the module docstring)."""
+    counts = {"change/train": 0}
+    for folder, prefix in CHANGE_PREFIX.items():
+        held = CHANGE_TEST[folder]
+        for a in sorted((shared / folder / "A").glob("*.png")):
+            test = a.stem in held
+            for k in range(1 if test else CHANGE_REPEAT):
+                name = f"{prefix}_{a.stem}.png" if test else f"{prefix}_{a.stem}_r{k}.png"
+                split = f"{prefix}-test" if test else "train"
+                for part in ("A", "B", "label"):
+                    _link(shared / folder / part / a.name, out / "change" / split / part / name)
+                counts[f"change/{split}"] = counts.get(f"change/{split}", 0) + 1
+    rng = random.Random(0)
+    for split, tiles in DUBAI_TILES.items():
+        scenes = []
+        for tile in tiles:
+            for image in sorted((shared / "dubai" / tile / "images").glob("*.jpg")):
+                rgb = np.asarray(Image.open(image).convert("RGB"))
+                mask = np.asarray(Image.open(image.parent.parent / "masks" / f"{image.stem}.png").convert("RGB"))
+                h, w = min(rgb.shape[0], mask.shape[0]), min(rgb.shape[1], mask.shape[1])
+                if min(h, w) >= PSEUDO_SIZE:
+                    scenes.append((rgb[:h, :w], dubai_classes(mask[:h, :w])))
+        folder = out / "change" / ("train" if split == "train" else "dubai-test")
+        for i in range(PSEUDO_PAIRS[split]):
+            for part, array in zip(("A", "B", "label"), pseudo_pair(rng, scenes)):
+                (folder / part).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(folder / part / f"dubai_{i:03d}.png")
+        counts[f"change/{folder.name}"] = counts.get(f"change/{folder.name}", 0) + PSEUDO_PAIRS[split]
     return counts
 
 

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from dynamicvis_cli.data.discover import open_dataset
 from tests.conftest import SHARED
@@ -19,8 +21,11 @@ def _run(script: str, *args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True, check=False)
 
 
-@pytest.mark.skipif(not all((DATA / d).is_dir() for d in ("neon_trees", "dota_harbour", "nwpu_vhr10")),
-                    reason="needs ../shared/data/neon_trees, dota_harbour and nwpu_vhr10")
+RELEASE_SETS = ("neon_trees", "dota_harbour", "nwpu_vhr10", "change", "change_dsifn", "dubai")
+
+
+@pytest.mark.skipif(not all((DATA / d).is_dir() for d in RELEASE_SETS),
+                    reason=f"needs ../shared/data/{{{','.join(RELEASE_SETS)}}}")
 def test_release_data_splits_and_class_names(tmp_path: Path) -> None:
     out = tmp_path / "release"
     r = _run("scripts/prepare_release_data.py", "--out", out)
@@ -54,6 +59,17 @@ def test_release_data_splits_and_class_names(tmp_path: Path) -> None:
     assert len(balanced.records) == len(coco["train"].records) + 19 + 4  # marina x20, P1888 x5
     held_out = {r.image.resolve() for r in coco["val"].records + coco["marina"].records}
     assert not held_out & {r.image.resolve() for r in coco["train"].records}
+    # the change detector's pairs: real training pairs x4 + Dubai pseudo-pairs; held-out pairs apart
+    change = {s: open_dataset(out / "change" / s, "change")
+              for s in ("train", "levir-test", "dsifn-test", "dubai-test")}
+    assert {s: len(c.records) for s, c in change.items()} \
+        == {"train": 6 * 4 + 6 * 4 + 48, "levir-test": 3, "dsifn-test": 2, "dubai-test": 16}
+    stems = {s: {r.image.stem.rsplit("_r", 1)[0] for r in c.records} for s, c in change.items()}
+    assert not stems["train"] & (stems["levir-test"] | stems["dsifn-test"])
+    pseudo = [np.asarray(Image.open(r.mask)) for r in change["train"].records if r.image.stem.startswith("dubai_")]
+    assert all(set(np.unique(m)) <= {0, 255} for m in pseudo)
+    changed = [float((m > 0).mean()) for m in pseudo]
+    assert min(changed) == 0.0 and 0.05 < float(np.mean(changed)) < 0.5  # some no-change pairs, most changed
     again = _run("scripts/prepare_release_data.py", "--out", out)
     assert again.returncode == 2 and "exists" in again.stderr
     inside = _run("scripts/prepare_release_data.py", "--out", REPO / "release-data")
