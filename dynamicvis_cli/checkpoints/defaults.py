@@ -6,6 +6,7 @@ command-line help can name them without loading torch)."""
 COMMAND_DEFAULTS: dict[str, str] = {
     "segment": "tiny.dubai-landcover",
     "detect": "tiny.nwpu-dota",
+    "change": "tiny.change-levir-dsifn",  # experimental: see its card
     "classify": "tiny.dubai-landcover-chips",  # also the embedder: chosen on retrieval, see its card
     "index": "tiny.dubai-landcover-chips",
 }
