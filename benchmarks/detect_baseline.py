@@ -40,6 +40,7 @@ from dynamicvis_cli.data.dataset import TaskDataset
 from dynamicvis_cli.data.discover import open_dataset
 from dynamicvis_cli.data.records import DatasetSpec
 from dynamicvis_cli.evaluate.tasks import evaluate_model
+from dynamicvis_cli.train.hooks import ProgressFeed
 from dynamicvis_cli.train.optim import build_optimizer, set_lr
 from dynamicvis_cli.train.step import detection_targets
 
@@ -70,21 +71,22 @@ class TorchvisionDetector(nn.Module):
         return out
 
 
-def build(name: str, classes: list[str], tile: int) -> tuple[nn.Module, str]:
-    """The detector called ``name`` and a description of its starting weights."""
+def build(name: str, classes: list[str], tile: int) -> tuple[nn.Module, ProgressFeed | None, str]:
+    """The detector called ``name``, the router's progress feed (dvis: the Gumbel noise of a
+    ``decay`` schedule, as ``dvis finetune`` feeds it) and a description of its starting weights."""
     torch.manual_seed(0)
     if name == "frcnn-r50":
         from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
         net = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=len(classes) + 1,
                                       min_size=tile, max_size=tile, image_mean=[0.0] * 3, image_std=[1.0] * 3)
-        return TorchvisionDetector(net), "random (seed 0)"
+        return TorchvisionDetector(net), None, "random (seed 0)"
     if name == "dvis-tiny" or name.startswith("dvis-tiny@"):
-        from dynamicvis_cli.train.model import build_for_training
+        from dynamicvis_cli.train.model import build_for_training, trunk_of
 
         start = name.partition("@")[2] or "tiny"
         net, _, weights = build_for_training(start, "detect", classes, in_chans=3, tile_size=tile)
-        return net, f"{start}: {weights}"
+        return net, ProgressFeed(trunk_of(net).backbone), f"{start}: {weights}"
     raise SystemExit(f"unknown model {name}: dvis-tiny, dvis-tiny@<model> or frcnn-r50")
 
 
@@ -101,7 +103,8 @@ def score(model: nn.Module, spec: DatasetSpec, tile: int) -> dict[str, Any]:
 
 def train(name: str, spec: DatasetSpec, val: DatasetSpec, test: DatasetSpec | None,
           args: argparse.Namespace) -> dict[str, Any]:
-    model, start = build(name, spec.classes, args.tile_size)
+    model, feed, start = build(name, spec.classes, args.tile_size)
+    budget = Budget(seconds=args.seconds)
     params = parameters_m(model)
     ds = TaskDataset(spec, tile_size=args.tile_size, bands=[1, 2, 3], mean=IMAGENET_MEAN, std=IMAGENET_STD,
                      augment=AugmentConfig(), seed=args.seed)
@@ -110,13 +113,15 @@ def train(name: str, spec: DatasetSpec, val: DatasetSpec, test: DatasetSpec | No
     model.train()
 
     def step(i: int, elapsed: float) -> float:
+        if feed is not None:
+            feed.value = budget.progress(i, elapsed)
         set_lr(opt, args.lr * min(1.0, (i + 1) / args.warmup_steps))
         batch = next(batches)
         loss = sum(model(list(batch["image"]), detection_targets(batch)).values())
         optimise(opt, loss, model.parameters(), args.grad_clip)
         return float(loss.detach())
 
-    log = train_for(Budget(seconds=args.seconds), step, name=name)
+    log = train_for(budget, step, name=name)
     model.eval()
     t1 = time.perf_counter()
     result: dict[str, Any] = {"model": name, "weights": start, "parameters_m": params, **log.summary(),

@@ -21,6 +21,8 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 MARINA_SPLIT_X = 740
 MARINA_MIN_RECALL, MARINA_MIN_PRECISION = 0.6, 0.5
 BOATS_MIN = 150
+# the change detector: IoU 0.42 on each held-out DSIFN-CD pair (its card)
+CHANGE_MIN_IOU = 0.25
 
 
 def test_every_released_model_has_a_card_weights_and_config() -> None:
@@ -38,7 +40,7 @@ def test_every_released_model_has_a_card_weights_and_config() -> None:
         assert f"bands {bands}" in card, name
 
 
-@pytest.mark.parametrize("name", sorted(set(COMMAND_DEFAULTS.values())))
+@pytest.mark.parametrize("name", sorted(p.name for p in MODELS.iterdir() if (p / "config.json").is_file()))
 def test_every_released_model_loads_with_its_weights(name: str) -> None:
     import torch
 
@@ -190,3 +192,30 @@ def test_released_detector_finds_boats_in_a_drone_photo_and_refuses_unknown_clas
                 "--device", "cpu", "-q")
     assert bad.returncode == 2 and "spaceship" in bad.stderr and "airplane" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.geojson").exists()
+
+
+@pytest.mark.parametrize("pair", ["1_1", "5_3"])
+def test_change_defaults_to_the_released_change_detector(pair: str, tmp_path: Path) -> None:
+    """The DSIFN-CD pairs held out from the change detector's training (its card): the change it
+    draws overlaps the labelled change far better than marking everything would (whose IoU is
+    the changed fraction). New single buildings (LEVIR-CD's labels) are a known failure of this
+    experimental model, written in its card: not asserted."""
+    import numpy as np
+    import rasterio
+    from PIL import Image
+
+    name = COMMAND_DEFAULTS["change"]
+    assert default_model("change") == name
+    dsifn = SHARED / "data" / "change_dsifn"
+    if not dsifn.is_dir():
+        pytest.skip(f"{dsifn} not found (needs ../shared/data)")
+    out = tmp_path / "change.tif"
+    r = _dvis("change", dsifn / "A" / f"{pair}.png", dsifn / "B" / f"{pair}.png", "-o", out, "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["model"] == name and not summary["random_weights"], summary
+    with rasterio.open(out) as ds:
+        predicted = ds.read(1) == 1
+    truth = np.asarray(Image.open(dsifn / "label" / f"{pair}.png")) > 0
+    iou = float((predicted & truth).sum() / (predicted | truth).sum())
+    assert iou >= CHANGE_MIN_IOU and iou > 1.5 * float(truth.mean()), (iou, float(predicted.mean()), float(truth.mean()))
