@@ -157,8 +157,8 @@ def pseudo_pair(rng: random.Random, scenes: list[tuple[NDArray[np.uint8], NDArra
     second is the same window with up to three land-cover patches pasted in from other windows:
     the pixels of one class inside a random rectangle of a source window (so changes have the
     shapes of real buildings, roads, vegetation or water, not of rectangles; bare land, the
-    background of most windows, is never pasted). Changed = pasted
-    pixels whose class differs from what was there. One pair in six gets no paste (no change).
+    background of most windows, is never pasted). Changed = pasted pixels whose class differs
+    from what was there. One pair in six gets no paste (no change).
     The whole second date is then shifted in brightness and colour, as two acquisitions are.
     Returns (before, after, label) with label 0 = unchanged, 255 = changed.
     """
