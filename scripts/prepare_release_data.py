@@ -7,7 +7,9 @@ model's training command can be repeated:
 
 - ``OUT/trees/train``: NEON ``SOAP_061`` and ``2019_YELL_2_…_image_crop`` (Pascal VOC); SOAP's
   ``Alive``/``Dead`` crowns become ``Tree`` (the class of every other NEON file);
-- ``OUT/trees/val``: ``OSBS_029.tif`` + its VOC file (georeferenced, EPSG:32617);
+- ``OUT/trees/val``: ``OSBS_029.tif`` + its VOC file (georeferenced, EPSG:32617), held out;
+- ``OUT/trees/select``: the other georeferenced tile, ``2018_SJER_…_image_477.tif`` (EPSG:32611),
+  with a VOC file written from its truth csv: the tree runs' model-selection set;
 - ``OUT/dota/train``: the western part (x < 740) of the DOTA marina ``P0706_north`` and the
   vehicle scene ``P1888``; ``OUT/dota/test``: the eastern part (x >= 740) of ``P0706_north``, a
   marina region kept out of training and model selection (a spatial split of the only marina).
@@ -54,6 +56,7 @@ DEFAULT_SHARED = REPO.parent / "shared" / "data"
 TREE_NAMES = {"Alive": "Tree", "Dead": "Tree"}
 DOTA_NAMES = {"small-vehicle": "vehicle", "large-vehicle": "vehicle"}
 TREES = {"train": ["SOAP_061.png", "2019_YELL_2_541000_4977000_image_crop.png"], "val": ["OSBS_029.tif"]}
+TREES_SELECT = "2018_SJER_3_252000_4107000_image_477.tif"  # its boxes: <stem>_truth.csv
 DOTA_SPLIT_X = 740  # P0706_north: columns left of this train, the rest test
 DOTA_REPEAT = {"P0706_north_x0-740.png": 20, "P1888.png": 5}  # times listed in train-balanced.json
 CHANGE_TEST = {"change": ("test_2_0000_0000", "test_77_0512_0256", "test_7_0256_0512"),  # the READMEs' val
@@ -77,6 +80,20 @@ def _link(src: Path, dst: Path) -> None:
 def voc_renamed(text: str, names: dict[str, str]) -> str:
     """A Pascal VOC file with its ``<name>`` values mapped."""
     return re.sub(r"<name>([^<]*)</name>", lambda m: f"<name>{names.get(m.group(1), m.group(1))}</name>", text)
+
+
+def voc_from_truth_csv(text: str, image: str, size: tuple[int, int]) -> str:
+    """A Pascal VOC file (class ``Tree``) from a DeepForest truth csv whose columns are
+    ``image_path,xmin,xmax,ymin,ymax,label`` (the SJER tile's order)."""
+    objects = []
+    for row in text.strip().splitlines()[1:]:
+        _, xmin, xmax, ymin, ymax, _ = row.split(",")
+        objects.append(
+            f"  <object><name>Tree</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
+            f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>")
+    return (f"<annotation>\n  <filename>{image}</filename>\n  <size><width>{size[0]}</width>"
+            f"<height>{size[1]}</height><depth>3</depth></size>\n" + "\n".join(objects)
+            + "\n</annotation>\n")
 
 
 def dota_renamed(text: str, names: dict[str, str]) -> str:
@@ -120,6 +137,14 @@ def prepare(shared: Path, out: Path) -> dict[str, int]:
             xml = image.with_suffix(".xml")
             (out / "trees" / split / xml.name).write_text(voc_renamed(xml.read_text(), TREE_NAMES))
         counts[f"trees/{split}"] = len(images)
+    select = trees / TREES_SELECT
+    _link(select, out / "trees" / "select" / select.name)
+    truth = select.with_name(select.stem + "_truth.csv")
+    with Image.open(select) as im:
+        size = im.size
+    (out / "trees" / "select" / select.with_suffix(".xml").name).write_text(
+        voc_from_truth_csv(truth.read_text(), select.name, size))
+    counts["trees/select"] = 1
     dota = shared / "dota_harbour"
     _link(dota / "P1888.png", out / "dota" / "train" / "P1888.png")
     (out / "dota" / "train" / "P1888.txt").write_text(dota_renamed((dota / "P1888.txt").read_text(), DOTA_NAMES))

@@ -35,6 +35,9 @@ def test_release_data_splits_and_class_names(tmp_path: Path) -> None:
     assert sum(len(rec.boxes) for rec in trees.records) == 37 + 279
     assert [rec.image.name for rec in open_dataset(out / "trees" / "val", "detect", format="voc").records] \
         == ["OSBS_029.tif"]
+    (select,) = open_dataset(out / "trees" / "select", "detect", format="voc").records  # SJER, csv → VOC
+    assert select.image.name.startswith("2018_SJER") and len(select.boxes) == 7
+    assert select.boxes[0].tolist() == [1, 103, 82, 235]  # csv columns xmin,xmax,ymin,ymax reordered
     train = open_dataset(out / "dota" / "train", "detect", format="dota")
     test = open_dataset(out / "dota" / "test", "detect", format="dota")
     assert train.classes == ["harbor", "ship", "vehicle"]
