@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -143,3 +147,19 @@ def test_chunked_runs_on_every_device(device: str) -> None:
     out = selective_scan_chunked(**inputs, delta_softplus=True)
     assert out.device.type == device
     assert rel_err(out, reference64(inputs)) < 1e-5
+
+
+def test_numba_kernel_uses_workqueue_with_torch_thread_count() -> None:
+    # a fresh process: the threading layer is chosen once per process, at numba's first launch
+    code = (
+        "import torch, numba\n"
+        "from dynamicvis_cli.nn.scan import selective_scan\n"
+        "torch.set_num_threads(1)\n"
+        "u, d = torch.randn(1, 4, 16), torch.rand(1, 4, 16)\n"
+        "A, B, C = -torch.rand(4, 3), torch.randn(1, 3, 16), torch.randn(1, 3, 16)\n"
+        "selective_scan(u, d, A, B, C, backend='numba')\n"
+        "print(numba.threading_layer(), numba.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["workqueue", "1"]

@@ -17,11 +17,21 @@ inside the loop stops LLVM from vectorising it (measured 29 vs 7.5 ms).
 
 numba caches the compiled kernel under ``__pycache__`` (``cache=True``); a new process loads it
 instead of compiling.
+
+Threads: the kernel runs on numba's ``workqueue`` threading layer (unless ``NUMBA_THREADING_LAYER``
+says otherwise) with as many threads as torch uses (``torch.get_num_threads()``, i.e.
+``OMP_NUM_THREADS``). numba's default ``omp`` layer starts a second OpenMP pool beside torch's,
+and once it has run, torch's own parallel regions slowed: training steps after a validation pass
+went from 3.0 s to 6–20 s (tiny detector, 256 px, batch 8, two 1-thread processes on 2 cores),
+the slow-down seen in the tree-crown runs of docs/benchmarks.md. With ``workqueue`` they stayed at
+3.6–4.1 s and inference was no slower. ``workqueue`` does not allow two threads of one process to
+run the kernel at once; dvis runs its model from one thread.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
 import torch
@@ -30,6 +40,7 @@ from torch import Tensor
 from dynamicvis_cli.nn.scan.reference import discretize
 
 _kernel: Any = None
+_numba: Any = None
 
 
 def available() -> bool:
@@ -49,11 +60,16 @@ def selective_scan_numba(
     delta_softplus: bool = False,
 ) -> Tensor:
     """Same signature and result as :func:`selective_scan_reference`; CPU tensors, no autograd."""
-    global _kernel
+    global _kernel, _numba
     if _kernel is None:
+        import numba
+
+        if "NUMBA_THREADING_LAYER" not in os.environ:
+            numba.config.THREADING_LAYER = "workqueue"
         from dynamicvis_cli.nn.scan._numba_kernels import scan
 
-        _kernel = scan
+        _kernel, _numba = scan, numba
+    _numba.set_num_threads(max(1, min(torch.get_num_threads(), _numba.config.NUMBA_NUM_THREADS)))
     out_dtype = u.dtype
     dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
 
