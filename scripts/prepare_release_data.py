@@ -7,7 +7,11 @@ model's training command can be repeated:
 
 - ``OUT/trees/train``: NEON ``SOAP_061`` and ``2019_YELL_2_…_image_crop`` (Pascal VOC); SOAP's
   ``Alive``/``Dead`` crowns become ``Tree`` (the class of every other NEON file);
-- ``OUT/trees/val``: ``OSBS_029.tif`` + its VOC file (georeferenced, EPSG:32617), held out;
+- ``OUT/trees/train`` also holds the northern half (rows < ``OSBS_SPLIT_Y``) of ``OSBS_029.tif``
+  and ``OUT/trees/test`` its southern half, held out: a spatial split of the only Florida scene
+  (the two training images are a Yellowstone conifer stand and Sierra snags, no model taught by
+  them alone found OSBS's crowns). Both halves are GeoTIFFs on the scene's own grid (EPSG:32617,
+  the window's transform); crowns go to the half holding their centre, clipped to it;
 - ``OUT/trees/select``: the other georeferenced tile, ``2018_SJER_…_image_477.tif`` (EPSG:32611),
   with a VOC file written from its truth csv: the tree runs' model-selection set;
 - ``OUT/dota/train``: the western part (x < 740) of the DOTA marina ``P0706_north`` and the
@@ -43,10 +47,13 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
+import rasterio
 from numpy.typing import NDArray
 from PIL import Image
+from rasterio.windows import Window
 
 from dynamicvis_cli.errors import DvisError
 
@@ -55,7 +62,9 @@ DEFAULT_SHARED = REPO.parent / "shared" / "data"
 
 TREE_NAMES = {"Alive": "Tree", "Dead": "Tree"}
 DOTA_NAMES = {"small-vehicle": "vehicle", "large-vehicle": "vehicle"}
-TREES = {"train": ["SOAP_061.png", "2019_YELL_2_541000_4977000_image_crop.png"], "val": ["OSBS_029.tif"]}
+TREES = {"train": ["SOAP_061.png", "2019_YELL_2_541000_4977000_image_crop.png"]}
+OSBS = "OSBS_029.tif"
+OSBS_SPLIT_Y = 200  # OSBS_029: rows above this train, the rest test (32 and 29 crowns)
 TREES_SELECT = "2018_SJER_3_252000_4107000_image_477.tif"  # its boxes: <stem>_truth.csv
 DOTA_SPLIT_X = 740  # P0706_north: columns left of this train, the rest test
 DOTA_REPEAT = {"P0706_north_x0-740.png": 20, "P1888.png": 5}  # times listed in train-balanced.json
@@ -82,18 +91,49 @@ def voc_renamed(text: str, names: dict[str, str]) -> str:
     return re.sub(r"<name>([^<]*)</name>", lambda m: f"<name>{names.get(m.group(1), m.group(1))}</name>", text)
 
 
+def voc_document(image: str, size: tuple[int, int], objects: list[tuple[str, list[str]]]) -> str:
+    """A Pascal VOC file for ``image`` of ``size`` (w, h): ``(name, [xmin, ymin, xmax, ymax])`` each."""
+    rows = [f"  <object><name>{name}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+            f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for name, b in objects]
+    return (f"<annotation>\n  <filename>{image}</filename>\n  <size><width>{size[0]}</width>"
+            f"<height>{size[1]}</height><depth>3</depth></size>\n" + "\n".join(rows)
+            + "\n</annotation>\n")
+
+
 def voc_from_truth_csv(text: str, image: str, size: tuple[int, int]) -> str:
     """A Pascal VOC file (class ``Tree``) from a DeepForest truth csv whose columns are
     ``image_path,xmin,xmax,ymin,ymax,label`` (the SJER tile's order)."""
     objects = []
     for row in text.strip().splitlines()[1:]:
         _, xmin, xmax, ymin, ymax, _ = row.split(",")
-        objects.append(
-            f"  <object><name>Tree</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
-            f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>")
-    return (f"<annotation>\n  <filename>{image}</filename>\n  <size><width>{size[0]}</width>"
-            f"<height>{size[1]}</height><depth>3</depth></size>\n" + "\n".join(objects)
-            + "\n</annotation>\n")
+        objects.append(("Tree", [xmin, ymin, xmax, ymax]))
+    return voc_document(image, size, objects)
+
+
+def voc_cut_rows(text: str, image: str, width: int, y0: int, y1: int) -> str:
+    """The objects of a Pascal VOC file whose centre lies in rows [y0, y1), shifted by -y0 and
+    clipped to the cut, as the VOC file of the cut image ``image`` (``width`` × ``y1 - y0``)."""
+    objects = []
+    for obj in ElementTree.fromstring(text).iter("object"):
+        box = obj.find("bndbox")
+        assert box is not None
+        xmin, ymin, xmax, ymax = (float(box.findtext(k, "nan")) for k in ("xmin", "ymin", "xmax", "ymax"))
+        if not y0 <= (ymin + ymax) / 2 < y1:
+            continue
+        ys = [min(max(y, y0), y1) - y0 for y in (ymin, ymax)]
+        objects.append((obj.findtext("name", ""), [f"{xmin:g}", f"{ys[0]:g}", f"{xmax:g}", f"{ys[1]:g}"]))
+    return voc_document(image, (width, y1 - y0), objects)
+
+
+def geotiff_rows(src: Path, dst: Path, y0: int, y1: int) -> None:
+    """Rows [y0, y1) of a GeoTIFF, written on the source's grid (same CRS, the window's transform)."""
+    with rasterio.open(src) as ds:
+        window = Window(0, y0, ds.width, y1 - y0)
+        profile = {**ds.profile, "height": y1 - y0, "transform": ds.window_transform(window)}
+        data = ds.read(window=window)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(dst, "w", **profile) as out:
+        out.write(data)
 
 
 def dota_renamed(text: str, names: dict[str, str]) -> str:
@@ -137,6 +177,16 @@ def prepare(shared: Path, out: Path) -> dict[str, int]:
             xml = image.with_suffix(".xml")
             (out / "trees" / split / xml.name).write_text(voc_renamed(xml.read_text(), TREE_NAMES))
         counts[f"trees/{split}"] = len(images)
+    osbs = trees / OSBS
+    with rasterio.open(osbs) as ds:
+        width, height = ds.width, ds.height
+    for split, (y0, y1) in {"train": (0, OSBS_SPLIT_Y), "test": (OSBS_SPLIT_Y, height)}.items():
+        name = f"{osbs.stem}_y{y0}-{y1}"
+        geotiff_rows(osbs, out / "trees" / split / f"{name}.tif", y0, y1)
+        (out / "trees" / split / f"{name}.xml").write_text(
+            voc_cut_rows(osbs.with_suffix(".xml").read_text(), f"{name}.tif", width, y0, y1))
+    counts["trees/train"] += 1
+    counts["trees/test"] = 1
     select = trees / TREES_SELECT
     _link(select, out / "trees" / "select" / select.name)
     truth = select.with_name(select.stem + "_truth.csv")

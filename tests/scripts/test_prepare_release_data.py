@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
+from affine import Affine
 from PIL import Image
+from rasterio.windows import Window
 
 from dynamicvis_cli.data.discover import open_dataset
 from tests.conftest import SHARED
@@ -32,9 +35,14 @@ def test_release_data_splits_and_class_names(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     trees = open_dataset(out / "trees" / "train", "detect", format="voc")
     assert trees.classes == ["Tree"]  # SOAP's Alive/Dead mapped
-    assert sum(len(rec.boxes) for rec in trees.records) == 37 + 279
-    assert [rec.image.name for rec in open_dataset(out / "trees" / "val", "detect", format="voc").records] \
-        == ["OSBS_029.tif"]
+    assert sum(len(rec.boxes) for rec in trees.records) == 37 + 279 + 32  # + OSBS_029's northern crowns
+    (osbs_test,) = open_dataset(out / "trees" / "test", "detect", format="voc").records
+    assert osbs_test.image.name == "OSBS_029_y200-400.tif" and len(osbs_test.boxes) == 29  # 32 + 29 = 61
+    assert (osbs_test.boxes[:, [1, 3]] >= 0).all() and (osbs_test.boxes[:, [1, 3]] <= 200).all()
+    with rasterio.open(DATA / "neon_trees" / "OSBS_029.tif") as whole, rasterio.open(osbs_test.image) as half:
+        assert half.crs == whole.crs and half.shape == (200, 400)
+        assert half.transform == whole.transform * Affine.translation(0, 200)  # on the scene's grid
+        assert (half.read() == whole.read(window=Window(0, 200, 400, 200))).all()
     (select,) = open_dataset(out / "trees" / "select", "detect", format="voc").records  # SJER, csv → VOC
     assert select.image.name.startswith("2018_SJER") and len(select.boxes) == 7
     assert select.boxes[0].tolist() == [1, 103, 82, 235]  # csv columns xmin,xmax,ymin,ymax reordered
