@@ -23,6 +23,10 @@ MARINA_MIN_RECALL, MARINA_MIN_PRECISION = 0.6, 0.5
 BOATS_MIN = 150
 # the change detector: IoU 0.42 on each held-out DSIFN-CD pair (its card)
 CHANGE_MIN_IOU = 0.25
+# the tree-crown detector: OSBS_029 rows >= 200 were never trained on (its card)
+TREE_MODEL = "tiny.neon-trees"
+OSBS_SPLIT_Y = 200
+TREES_MIN_FOUND = 15  # the card: 23 of the 29 held-out crowns at IoU 0.5
 
 
 def test_every_released_model_has_a_card_weights_and_config() -> None:
@@ -219,3 +223,44 @@ def test_change_defaults_to_the_released_change_detector(pair: str, tmp_path: Pa
     truth = np.asarray(Image.open(dsifn / "label" / f"{pair}.png")) > 0
     iou = float((predicted & truth).sum() / (predicted | truth).sum())
     assert iou >= CHANGE_MIN_IOU and iou > 1.5 * float(truth.mean()), (iou, float(predicted.mean()), float(truth.mean()))
+
+
+def test_tree_detector_puts_crowns_at_their_utm_positions(tmp_path: Path) -> None:
+    """``dvis detect OSBS_029.tif -o trees.gpkg --model <tree model>``: boxes come back in the
+    scene's CRS (EPSG:32617), and the crowns of the held-out southern half, their pixel boxes
+    taken through the raster's affine transform, are found there in metres."""
+    import geopandas as gpd
+    import numpy as np
+    import rasterio
+
+    from dynamicvis_cli.data.discover import open_dataset
+    from dynamicvis_cli.train.metrics import box_iou
+
+    trees = SHARED / "data" / "neon_trees"
+    if not (trees / "OSBS_029.tif").exists():
+        pytest.skip(f"{trees / 'OSBS_029.tif'} not found (needs ../shared/data)")
+    (tmp_path / "voc").mkdir()
+    for f in ("OSBS_029.tif", "OSBS_029.xml"):
+        (tmp_path / "voc" / f).symlink_to(trees / f)
+    (truth,) = open_dataset(tmp_path / "voc", "detect", format="voc").records
+    south = truth.boxes[(truth.boxes[:, 1] + truth.boxes[:, 3]) / 2 >= OSBS_SPLIT_Y]
+    with rasterio.open(trees / "OSBS_029.tif") as ds:
+        crs, t = ds.crs, ds.transform
+    assert t.b == t.d == 0 and t.e < 0  # north-up: a pixel box maps to (min x, min y, max x, max y)
+    truth_utm = np.stack([t.c + t.a * south[:, 0], t.f + t.e * south[:, 3],
+                          t.c + t.a * south[:, 2], t.f + t.e * south[:, 1]], axis=1)
+
+    out = tmp_path / "trees.gpkg"
+    r = _dvis("detect", trees / "OSBS_029.tif", "-o", out, "--model", TREE_MODEL, "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["model"] == TREE_MODEL and not summary["random_weights"], summary
+    found = gpd.read_file(out)
+    assert found.crs == crs and set(found["class"]) == {"Tree"}
+    utm = found.geometry.bounds[["minx", "miny", "maxx", "maxy"]].to_numpy()
+    # every crown lies inside the scene's UTM footprint (40 m × 40 m at 0.1 m)
+    assert (utm[:, 0] >= t.c - 1e-6).all() and (utm[:, 2] <= t.c + 400 * t.a + 1e-6).all()
+    assert (utm[:, 1] >= t.f + 400 * t.e - 1e-6).all() and (utm[:, 3] <= t.f + 1e-6).all()
+    iou = box_iou(utm, truth_utm)  # in metres
+    matched = int((iou.max(0) >= 0.5).sum())
+    assert matched >= TREES_MIN_FOUND, (matched, len(truth_utm), len(utm))
