@@ -41,7 +41,7 @@ def test_release_data_splits_and_class_names(tmp_path: Path) -> None:
     assert (osbs_test.boxes[:, [1, 3]] >= 0).all() and (osbs_test.boxes[:, [1, 3]] <= 200).all()
     with rasterio.open(DATA / "neon_trees" / "OSBS_029.tif") as whole, rasterio.open(osbs_test.image) as half:
         assert half.crs == whole.crs and half.shape == (200, 400)
-        assert half.transform == whole.transform * Affine.translation(0, 200)  # on the scene's grid
+        assert half.transform == whole.transform @ Affine.translation(0, 200)  # on the scene's grid
         assert (half.read() == whole.read(window=Window(0, 200, 400, 200))).all()
     (select,) = open_dataset(out / "trees" / "select", "detect", format="voc").records  # SJER, csv → VOC
     assert select.image.name.startswith("2018_SJER") and len(select.boxes) == 7
