@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -9,6 +10,11 @@ import typer
 from dynamicvis_cli.cli import options as o
 
 app = typer.Typer()
+
+
+class NmsMatch(str, Enum):
+    iou = "iou"
+    ios = "ios"
 
 
 @app.command("detect")
@@ -28,6 +34,9 @@ def detect(
                         "(an instance model always gives masks).")] = False,
     threshold: o.ThresholdOpt = 0.3,
     iou_threshold: Annotated[float, typer.Option("--iou-threshold", min=0.0, max=1.0, help="NMS IoU threshold.")] = 0.5,
+    nms_match: Annotated[NmsMatch, typer.Option(
+        "--nms-match", help="NMS overlap measure: iou, or ios (intersection over the smaller box: also drops "
+                            "boxes nested in a better one); --iou-threshold applies to it.")] = NmsMatch.iou,
     max_detections: Annotated[int | None, typer.Option("--max-detections", min=0, help="Keep the best N per scene.")] = None,
     bands: o.BandsOpt = None,
     stretch: o.StretchOpt = False,
@@ -70,8 +79,8 @@ def detect(
                           tile_size=tile_size, overlap=overlap, overwrite=overwrite or job.overwrite,
                           progress=bar, max_memory=o.parse_memory(max_memory), tta=tta.value, world=job.world)
         return detect_scene(loaded, job.src, job.out, bands=chosen, opts=opts, threshold=threshold,
-                            iou_threshold=iou_threshold, max_detections=max_detections,
-                            pixel_coords=pixel_coords, stretch=stretch, quicklook=quicklook, keep_classes=keep)
+                            iou_threshold=iou_threshold, nms_match=nms_match.value,
+                            max_detections=max_detections, pixel_coords=pixel_coords, stretch=stretch, quicklook=quicklook, keep_classes=keep)
 
     from dynamicvis_cli.checkpoints.registry import default_model
 
@@ -85,7 +94,8 @@ def detect(
                    manifest=manifest, resume=resume, force=force,
                    settings={"tile_size": tile_size, "overlap": overlap, "tta": tta.value,
                              "precision": precision.value, "stretch": stretch, "threshold": threshold,
-                             "iou_threshold": iou_threshold, "max_detections": max_detections,
+                             "iou_threshold": iou_threshold,
+                             "nms_match": nms_match.value, "max_detections": max_detections,
                              "masks": masks, "pixel_coords": pixel_coords, "keep_classes": keep},
                    load={"model": model, "bands": o.parse_bands(bands), "classes": head_classes,
                          "random_weights": random_weights, "tile_size": tile_size, "device": device})

@@ -201,6 +201,7 @@ def detect_scene(
     opts: RunOptions,
     threshold: float = 0.3,
     iou_threshold: float = 0.5,
+    nms_match: str = "iou",
     max_detections: int | None = None,
     pixel_coords: bool = False,
     stretch: bool = False,
@@ -235,7 +236,7 @@ def detect_scene(
         ncols = len(plan.col_starts)
         windows = [plan.window(i, j) for i in range(*mine.run) for j in range(ncols)]
         merger = BoxMerger(src.height, src.width, tile=tile, overlap=overlap, iou_threshold=iou_threshold,
-                           score_threshold=threshold, max_detections=max_detections)
+                           score_threshold=threshold, max_detections=max_detections, match=nms_match)
         spec = ReaderSpec(Path(source), bands, loaded.config.mean, loaded.config.std,
                           percentile_stretch(src, bands) if stretch else None)
         # Hashed in the background meanwhile (by the rank that writes the output).
@@ -317,7 +318,7 @@ def detect_scene(
         timer.lap("merge")
         tags = provenance(loaded, [Path(source)], checksums=checksums, bands=bands, command="detect",
                           tile_size=tile, overlap=overlap, threshold=threshold, iou_threshold=iou_threshold,
-                          max_detections=max_detections, masks=with_masks,
+                          nms_match=nms_match, max_detections=max_detections, masks=with_masks,
                           tta=opts.tta if opts.tta != "none" else None,
                           keep_classes=list(keep_classes) if keep_classes else None)
         timer.lap("checksum_wait")

@@ -6,6 +6,12 @@ are dropped when a neighbour saw them whole (the seam rule below). Over the scen
 (:meth:`BoxMerger.result`): class-aware NMS (``torchvision.ops.batched_nms``), then the
 ``max_detections`` best, sorted by score.
 
+Overlap measure. NMS compares boxes by IoU (``match="iou"``), or by the intersection over the
+area of the smaller box (``match="ios"``, as SAHI's post-processing offers): IoS is 1 for a box
+nested inside another whatever their sizes, so it also drops the part-boxes and nested duplicates
+a detector puts inside a larger box of the same object, which IoU keeps (a box half the size of
+another has IoU 0.5 with it); it may also drop a small object lying on a larger one of its class.
+
 Seam rule. A box is *cut* when one of its sides lies less than ``edge_margin`` pixels from an
 interior side of its tile (a side that is not the scene border): the object probably continues
 in the neighbouring tile, and the box covers only the visible part. A cut box is dropped when
@@ -42,7 +48,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 from rasterio.windows import Window
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import batched_nms, box_area, box_iou
 
 from dynamicvis_cli.errors import DvisUsageError
 from dynamicvis_cli.infer.tiling import TileGrid
@@ -50,6 +56,8 @@ from dynamicvis_cli.infer.tiling import TileGrid
 MaskList = list[tuple[Window, NDArray[np.generic]]]
 #: Per-detection payloads: one per detection, or a callable making them for the indices it gets.
 Payload = Sequence[Any] | Callable[[NDArray[np.intp]], Sequence[Any]]
+#: Overlap measures NMS can use (see the module docstring).
+MATCHES = ("iou", "ios")
 
 
 @dataclass(frozen=True)
@@ -103,15 +111,40 @@ def _ranked(dets: Detections) -> Detections:
     return _take(dets, order)
 
 
-def _nms_keep(dets: Detections, iou_threshold: float) -> NDArray[np.bool_]:
+def box_overlap(a: NDArray[np.float64], b: NDArray[np.float64], match: str) -> NDArray[np.float64]:
+    """(len(a), len(b)) overlap of ``x1, y1, x2, y2`` boxes of positive area: IoU (``"iou"``), or
+    the intersection over the smaller box's area (``"ios"``)."""
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    if match == "iou":
+        return box_iou(ta, tb).numpy()
+    wh = torch.min(ta[:, None, 2:], tb[None, :, 2:]) - torch.max(ta[:, None, :2], tb[None, :, :2])
+    inter = wh.clamp(min=0).prod(dim=2)
+    return (inter / torch.min(box_area(ta)[:, None], box_area(tb)[None, :])).numpy()
+
+
+def _nms_keep(dets: Detections, threshold: float, match: str = "iou") -> NDArray[np.bool_]:
     """(N,) bool: kept by class-aware greedy NMS, for detections already in rank order."""
     n = len(dets)
     keep = np.zeros(n, dtype=bool)
-    if n:
+    if not n:
+        return keep
+    if match == "iou":
         # Strictly decreasing stand-in scores: NMS sees no ties, only the rank order.
         ranks = torch.arange(n, 0, -1, dtype=torch.float64)
         boxes, labels = torch.from_numpy(dets.boxes), torch.from_numpy(dets.labels)
-        keep[batched_nms(boxes, ranks, labels, iou_threshold).numpy()] = True
+        keep[batched_nms(boxes, ranks, labels, threshold).numpy()] = True
+        return keep
+    # torchvision's NMS knows only IoU: greedy per class, each kept box against the boxes below it.
+    for label in np.unique(dets.labels):
+        idx = np.flatnonzero(dets.labels == label)  # still in rank order
+        alive = np.ones(len(idx), dtype=bool)
+        for k in range(len(idx)):
+            if alive[k]:
+                keep[idx[k]] = True
+                rest = k + 1 + np.flatnonzero(alive[k + 1 :])
+                if len(rest):
+                    hit = box_overlap(dets.boxes[idx[k : k + 1]], dets.boxes[idx[rest]], match)[0]
+                    alive[rest[hit > threshold]] = False
     return keep
 
 
@@ -141,6 +174,7 @@ class BoxMerger:
         max_detections: int | None = None,
         edge_margin: float = 2.0,
         max_pending: int = 10_000,
+        match: str = "iou",
     ) -> None:
         """Prepare an empty merger for a scene tiled with ``tile`` and ``overlap``.
 
@@ -149,11 +183,13 @@ class BoxMerger:
             width: scene columns.
             tile: tile side the tiles were planned with.
             overlap: overlap the tiles were planned with.
-            iou_threshold: NMS drops a box whose IoU with a better box of its class exceeds this.
+            iou_threshold: NMS drops a box whose overlap (``match``) with a better box of its
+                class exceeds this.
             score_threshold: boxes scoring below this are dropped as they arrive.
             max_detections: keep at most this many (the best); None keeps all.
             edge_margin: pixels from an interior tile side within which a box counts as cut.
             max_pending: boxes held before decided ones are moved out (at tile-row changes).
+            match: NMS's overlap measure, ``"iou"`` or ``"ios"`` (see the module docstring).
 
         Raises:
             DvisUsageError: invalid sizes, tiling or thresholds.
@@ -161,11 +197,14 @@ class BoxMerger:
         self.grid = TileGrid.plan(height, width, tile, overlap)
         if not 0.0 <= iou_threshold <= 1.0:
             raise DvisUsageError(f"--iou-threshold {iou_threshold}: must be between 0 and 1")
+        if match not in MATCHES:
+            raise DvisUsageError(f"--nms-match {match!r}: must be one of {', '.join(MATCHES)}")
         if max_detections is not None and max_detections < 0:
             raise DvisUsageError(f"--max-detections {max_detections}: must not be negative")
         if edge_margin < 0:
             raise DvisUsageError(f"edge margin {edge_margin}: must not be negative")
         self.iou_threshold = float(iou_threshold)
+        self.match = match
         self.score_threshold = float(score_threshold)
         self.max_detections = max_detections
         self.edge_margin = float(edge_margin)
@@ -365,7 +404,7 @@ class BoxMerger:
         """Decide the pending boxes that no tile starting at row ``frontier`` or below can touch."""
         pending = _ranked(_concat(self._pending))
         self._pending, self._pending_count = [], 0
-        keep = _nms_keep(pending, self.iou_threshold)
+        keep = _nms_keep(pending, self.iou_threshold, self.match)
         undecided = self._tainted(pending, pending.boxes[:, 3] > frontier)
         decided_kept = keep & ~undecided
         # An undecided box that a decided, kept, better box suppresses is decided too: dropped.
@@ -381,10 +420,10 @@ class BoxMerger:
     def _overlaps(
         self, dets: Detections, rows: NDArray[np.intp], cols: NDArray[np.intp]
     ) -> NDArray[np.bool_]:
-        """(len(rows), len(cols)) bool: same label and IoU above the threshold, as NMS decides."""
+        """(len(rows), len(cols)) bool: same label, overlap above the threshold, as NMS decides."""
         boxes, labels = dets.boxes, dets.labels
-        iou = box_iou(torch.from_numpy(boxes[rows]), torch.from_numpy(boxes[cols])).numpy()
-        return np.asarray((iou > self.iou_threshold) & (labels[rows, None] == labels[None, cols]))
+        overlap = box_overlap(boxes[rows], boxes[cols], self.match)
+        return np.asarray((overlap > self.iou_threshold) & (labels[rows, None] == labels[None, cols]))
 
     def _tainted(self, dets: Detections, open_: NDArray[np.bool_]) -> NDArray[np.bool_]:
         """(N,) bool over ranked detections: open, or outranked and overlapped by a tainted one.

@@ -264,3 +264,16 @@ def test_tree_detector_puts_crowns_at_their_utm_positions(tmp_path: Path) -> Non
     iou = box_iou(utm, truth_utm)  # in metres
     matched = int((iou.max(0) >= 0.5).sum())
     assert matched >= TREES_MIN_FOUND, (matched, len(truth_utm), len(utm))
+
+    # --nms-match ios: the part-boxes and nested duplicates inside a better crown box go too.
+    out_ios = tmp_path / "trees-ios.gpkg"
+    r = _dvis("detect", trees / "OSBS_029.tif", "-o", out_ios, "--model", TREE_MODEL, "--device", "cpu",
+              "--nms-match", "ios", "--iou-threshold", "0.6", "-q")
+    assert r.returncode == 0, r.stderr
+    b = gpd.read_file(out_ios).geometry.bounds[["minx", "miny", "maxx", "maxy"]].to_numpy()
+    assert 0 < len(b) < len(utm), (len(b), len(utm))
+    wh = np.minimum(b[:, None, 2:], b[None, :, 2:]) - np.maximum(b[:, None, :2], b[None, :, :2])
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    ios = wh.clip(min=0).prod(axis=2) / np.minimum(area[:, None], area[None, :])
+    np.fill_diagonal(ios, 0)
+    assert ios.max() <= 0.6 + 1e-6

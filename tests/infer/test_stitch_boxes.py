@@ -35,17 +35,20 @@ def trees(osbs_029_csv: Path) -> np.ndarray:
     return np.array([[float(r[k]) for k in ("xmin", "ymin", "xmax", "ymax")] for r in rows])
 
 
-def iou(a: list[float], b: list[float]) -> float:
+def overlap(a: list[float], b: list[float], match: str = "iou") -> float:
+    """IoU, or intersection over the smaller box ("ios"), of two xyxy boxes."""
     w = min(a[2], b[2]) - max(a[0], b[0])
     h = min(a[3], b[3]) - max(a[1], b[1])
     if w <= 0 or h <= 0:
         return 0.0
     inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    area_a, area_b = (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])
+    return inter / (min(area_a, area_b) if match == "ios" else area_a + area_b - inter)
 
 
 def reference_nms(
-    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float
+    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float,
+    match: str = "iou",
 ) -> list[int]:
     """Greedy class-aware NMS as plain loops in float64, ranked as documented (score, y1, x1, y2,
     x2, label); returns the kept indices best first."""
@@ -56,7 +59,7 @@ def reference_nms(
     )
     kept: list[int] = []
     for i in order:
-        if all(labels[j] != labels[i] or iou(b[i], b[j]) <= iou_threshold for j in kept):
+        if all(labels[j] != labels[i] or overlap(b[i], b[j], match) <= iou_threshold for j in kept):
             kept.append(i)
     return kept
 
@@ -173,9 +176,15 @@ def test_empty_input_gives_empty_arrays_of_the_right_kind(with_masks: bool) -> N
 
 
 def jittered(trees: np.ndarray, seed: int, copies: int = 3, ties: bool = False):
-    """Real crowns with jittered duplicates (as a detector gives), random scores and classes."""
+    """Real crowns with jittered duplicates and boxes on parts of them (as a detector gives),
+    random scores and classes."""
     rng = np.random.default_rng(seed)
-    boxes = np.concatenate([trees] + [trees + rng.normal(0, 4, trees.shape) for _ in range(copies)])
+    # A part: 40-90 % of the crown's width and height, somewhere inside it.
+    size = (trees[:, 2:] - trees[:, :2]) * rng.uniform(0.4, 0.9, (len(trees), 2))
+    start = trees[:, :2] + (trees[:, 2:] - trees[:, :2] - size) * rng.uniform(0, 1, size.shape)
+    parts = np.concatenate([start, start + size], axis=1)
+    copies_ = [trees + rng.normal(0, 4, trees.shape) for _ in range(copies)]
+    boxes = np.concatenate([trees, *copies_, parts])
     boxes = np.clip(boxes, 0, SCENE)
     boxes = boxes[(boxes[:, 2] > boxes[:, 0] + 1) & (boxes[:, 3] > boxes[:, 1] + 1)]
     scores = rng.uniform(0.05, 1.0, len(boxes)).astype(np.float32)
@@ -185,20 +194,33 @@ def jittered(trees: np.ndarray, seed: int, copies: int = 3, ties: bool = False):
     return boxes, scores, labels
 
 
-def check_against_reference(result: Detections, boxes, scores, labels, iou_threshold) -> None:
-    kept = reference_nms(boxes, scores, labels, iou_threshold)
+def check_against_reference(
+    result: Detections, boxes, scores, labels, iou_threshold, match: str = "iou"
+) -> None:
+    kept = reference_nms(boxes, scores, labels, iou_threshold, match)
     np.testing.assert_array_equal(result.boxes, boxes[kept])
     np.testing.assert_array_equal(result.scores, scores[kept])
     np.testing.assert_array_equal(result.labels, labels[kept])
 
 
+@pytest.mark.parametrize("match", ["iou", "ios"])
 @pytest.mark.parametrize("iou_threshold", [0.0, 0.3, 0.5, 0.7])
 @pytest.mark.parametrize(("seed", "ties"), [(0, False), (1, False), (2, True)])
-def test_one_tile_agrees_with_the_reference_nms(trees, seed, ties, iou_threshold) -> None:
+def test_one_tile_agrees_with_the_reference_nms(trees, seed, ties, iou_threshold, match) -> None:
     boxes, scores, labels = jittered(trees, seed, ties=ties)
-    merger = BoxMerger(SCENE, SCENE, tile=SCENE, overlap=0, iou_threshold=iou_threshold)
+    merger = BoxMerger(SCENE, SCENE, tile=SCENE, overlap=0, iou_threshold=iou_threshold, match=match)
     merger.add(Window(0, 0, SCENE, SCENE), boxes, scores, labels)
-    check_against_reference(merger.result(), boxes, scores, labels, iou_threshold)
+    check_against_reference(merger.result(), boxes, scores, labels, iou_threshold, match)
+
+
+def test_ios_drops_a_part_box_that_iou_keeps() -> None:
+    crown, part = [100.0, 100.0, 140.0, 140.0], [100.0, 100.0, 120.0, 140.0]  # IoU 0.5, IoS 1
+    results = {}
+    for match in ("iou", "ios"):
+        merger = BoxMerger(SCENE, SCENE, tile=SCENE, overlap=0, iou_threshold=0.6, match=match)
+        merger.add(Window(0, 0, SCENE, SCENE), [crown, part], [0.9, 0.8], [0, 0])
+        results[match] = merger.result().boxes.tolist()
+    assert results == {"iou": [crown, part], "ios": [crown]}
 
 
 def add_in_tiles(merger: BoxMerger, boxes, scores, labels, height: int, width: int) -> np.ndarray:
@@ -216,10 +238,11 @@ def add_in_tiles(merger: BoxMerger, boxes, scores, labels, height: int, width: i
     return owner >= 0
 
 
+@pytest.mark.parametrize("match", ["iou", "ios"])
 @pytest.mark.parametrize("max_pending", [0, 50, 10_000])
 @pytest.mark.parametrize(("seed", "ties"), [(0, False), (3, True)])
 def test_tiles_and_early_decisions_agree_with_one_reference_nms_over_a_tall_scene(
-    trees, seed, ties, max_pending
+    trees, seed, ties, max_pending, match
 ) -> None:
     # Eight copies of the crowns down a 3200-row scene: many tile rows, chains of overlaps.
     parts = [jittered(trees, seed + k, ties=ties) for k in range(8)]
@@ -235,10 +258,13 @@ def test_tiles_and_early_decisions_agree_with_one_reference_nms_over_a_tall_scen
         edge_margin=0,
         score_threshold=0.0,
         max_pending=max_pending,
+        match=match,
     )
     given = add_in_tiles(merger, boxes, scores, labels, height, SCENE)
     assert given.mean() > 0.95
-    check_against_reference(merger.result(), boxes[given], scores[given], labels[given], 0.5)
+    check_against_reference(
+        merger.result(), boxes[given], scores[given], labels[given], 0.5, match
+    )
     if max_pending == 0:
         assert merger.peak_pending < given.sum() / 4  # decided boxes do not pile up
 
@@ -339,3 +365,5 @@ def test_misuse_is_a_usage_error() -> None:
         merger.add(Window(21, 0, 32, 32), *one)
     with pytest.raises(DvisUsageError, match="--iou-threshold 1.5"):
         BoxMerger(100, 137, tile=32, overlap=8, iou_threshold=1.5)
+    with pytest.raises(DvisUsageError, match="--nms-match 'giou'"):
+        BoxMerger(100, 137, tile=32, overlap=8, match="giou")
