@@ -80,7 +80,8 @@ def detect(
                           progress=bar, max_memory=o.parse_memory(max_memory), tta=tta.value, world=job.world)
         return detect_scene(loaded, job.src, job.out, bands=chosen, opts=opts, threshold=threshold,
                             iou_threshold=iou_threshold, nms_match=nms_match.value,
-                            max_detections=max_detections, pixel_coords=pixel_coords, stretch=stretch, quicklook=quicklook, keep_classes=keep)
+                            max_detections=max_detections, pixel_coords=pixel_coords, stretch=stretch,
+                            quicklook=quicklook, keep_classes=keep)
 
     from dynamicvis_cli.checkpoints.registry import default_model
 
