@@ -16,11 +16,12 @@ from tests.conftest import SHARED
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 # The ten-class detector: P0706_north columns >= 740 were never trained on (its card); the
-# floors sit well under what the card measured (recall 0.81, precision 0.66 at IoU 0.5; 359
-# ships in the drone photo) so that a retrained model of the same quality still passes.
+# floors sit well under what the card measured (recall 0.90, precision 0.72 at IoU 0.5; 161
+# ship boxes in the drone photo, 359 from the earlier, more duplicating release) so that a
+# retrained model of the same quality, or other CPU arithmetic, still passes.
 MARINA_SPLIT_X = 740
 MARINA_MIN_RECALL, MARINA_MIN_PRECISION = 0.6, 0.5
-BOATS_MIN = 150
+BOATS_MIN = 100
 # the change detector: IoU 0.42 on each held-out DSIFN-CD pair (its card)
 CHANGE_MIN_IOU = 0.25
 # the tree-crown detector: OSBS_029 rows >= 200 were never trained on (its card)
