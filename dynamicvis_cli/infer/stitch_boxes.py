@@ -114,7 +114,8 @@ def _ranked(dets: Detections) -> Detections:
 def box_overlap(a: NDArray[np.float64], b: NDArray[np.float64], match: str) -> NDArray[np.float64]:
     """(len(a), len(b)) overlap of ``x1, y1, x2, y2`` boxes of positive area: IoU (``"iou"``), or
     the intersection over the smaller box's area (``"ios"``)."""
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    # torch shares the arrays' memory and wants them writable: copy only read-only ones.
+    ta, tb = (torch.from_numpy(np.require(x, np.float64, "W")) for x in (a, b))
     if match == "iou":
         return box_iou(ta, tb).numpy()
     wh = torch.min(ta[:, None, 2:], tb[None, :, 2:]) - torch.max(ta[:, None, :2], tb[None, :, :2])

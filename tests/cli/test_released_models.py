@@ -235,6 +235,7 @@ def test_tree_detector_puts_crowns_at_their_utm_positions(tmp_path: Path) -> Non
     import rasterio
 
     from dynamicvis_cli.data.discover import open_dataset
+    from dynamicvis_cli.infer.stitch_boxes import box_overlap
     from dynamicvis_cli.train.metrics import box_iou
 
     trees = SHARED / "data" / "neon_trees"
@@ -273,8 +274,6 @@ def test_tree_detector_puts_crowns_at_their_utm_positions(tmp_path: Path) -> Non
     assert r.returncode == 0, r.stderr
     b = gpd.read_file(out_ios).geometry.bounds[["minx", "miny", "maxx", "maxy"]].to_numpy()
     assert 0 < len(b) < len(utm), (len(b), len(utm))
-    wh = np.minimum(b[:, None, 2:], b[None, :, 2:]) - np.maximum(b[:, None, :2], b[None, :, :2])
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    ios = wh.clip(min=0).prod(axis=2) / np.minimum(area[:, None], area[None, :])
+    ios = box_overlap(b, b, "ios")  # checked against a plain-loop reference in test_stitch_boxes
     np.fill_diagonal(ios, 0)
     assert ios.max() <= 0.6 + 1e-6
