@@ -29,7 +29,7 @@ from dynamicvis_cli.geo.crs import pixel_to_map
 from dynamicvis_cli.infer.context import RunOptions
 from dynamicvis_cli.infer.detect import detect_scene, detect_task, mask_to_polygon, tile_mask_polygons
 from dynamicvis_cli.infer.stitch_boxes import BoxMerger
-from tests.cli.test_scene_commands import TINY, dvis
+from tests.cli.test_scene_commands import dvis
 from tests.conftest import SHARED
 
 DATA = SHARED / "data"
