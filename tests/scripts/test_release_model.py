@@ -1,0 +1,57 @@
+"""scripts/release_model.py: a run becomes a model folder dvis loads; bad runs write nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from dynamicvis_cli.checkpoints.task import load_task_model
+
+REPO = Path(__file__).resolve().parents[2]
+RUN = REPO / "models" / "tiny.neon-trees"  # a folder with a run's two files (already fp16)
+
+
+def _release(*args: object) -> subprocess.CompletedProcess[str]:
+    script = REPO / "scripts" / "release_model.py"
+    return subprocess.run([sys.executable, str(script), *map(str, args)],
+                          capture_output=True, text=True, check=False)
+
+
+def test_release_writes_fp16_weights_and_config_and_keeps_the_card(tmp_path: Path) -> None:
+    dest = tmp_path / "tiny.again"
+    dest.mkdir()
+    (dest / "MODEL_CARD.md").write_text("hand-written\n")
+    r = _release(RUN, dest)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["out"] == str(dest)
+    names = sorted(p.name for p in dest.iterdir())
+    assert names == ["MODEL_CARD.md", "config.json", "model.safetensors"]
+    assert (dest / "MODEL_CARD.md").read_text() == "hand-written\n"
+    before = load_file(str(RUN / "model.safetensors"))
+    after = load_file(str(dest / "model.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert {v.dtype for v in after.values() if v.is_floating_point()} == {torch.float16}
+    config = json.loads((dest / "config.json").read_text())
+    assert config["provenance"]["released"] == f"tiny.again (fp16 weights of {RUN.name})"
+    loaded = load_task_model(str(dest), config["task"], device=torch.device("cpu"))
+    assert not loaded.random and list(loaded.config.classes) == config["classes"]
+
+
+def test_release_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    r = _release(run, tmp_path / "out")
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: {run}: not a dvis run folder (no model.safetensors)"
+    assert not (tmp_path / "out").exists()
+    (run / "model.safetensors").write_bytes(b"not safetensors")
+    r = _release(run, tmp_path / "out")
+    assert r.returncode == 2 and f"error: {run}: unreadable run folder" in r.stderr
+    assert not (tmp_path / "out").exists()
