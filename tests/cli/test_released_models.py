@@ -19,9 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
 
 
-def _release_splits():
+def _release_splits() -> tuple[int, int]:
     """The script that cuts the release data defines its held-out splits; read them from it."""
-    spec = importlib.util.spec_from_file_location("prepare_release_data", REPO / "scripts" / "prepare_release_data.py")
+    script = REPO / "scripts" / "prepare_release_data.py"
+    spec = importlib.util.spec_from_file_location("prepare_release_data", script)
+    assert spec is not None and spec.loader is not None, script
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.DOTA_SPLIT_X, module.OSBS_SPLIT_Y
@@ -57,7 +59,8 @@ def test_every_released_model_has_a_card_weights_and_config() -> None:
 
 
 def test_the_cards_name_the_held_out_splits_the_release_data_script_cuts() -> None:
-    assert f"x ≥ {MARINA_SPLIT_X}" in (MODELS / COMMAND_DEFAULTS["detect"] / "MODEL_CARD.md").read_text()
+    detector_card = (MODELS / COMMAND_DEFAULTS["detect"] / "MODEL_CARD.md").read_text()
+    assert f"x ≥ {MARINA_SPLIT_X}" in detector_card
     assert f"rows {OSBS_SPLIT_Y}–" in (MODELS / TREE_MODEL / "MODEL_CARD.md").read_text()
 
 
