@@ -2,11 +2,11 @@
 
 Runs ``dvis detect --pixel-coords`` once over every image of a labelled COCO file (a low floor
 threshold), then counts, for each threshold, the boxes that match an unmatched object of their
-class at IoU >= 0.5 (greedy, best-overlapping box first). This is what an analyst sees from the
-command, unlike COCO AP, which is computed over every score. Filtering the floor run's boxes
-by score gives what a run at that threshold writes: greedy NMS only lets a box suppress
-lower-scoring ones (checked on six NWPU images at 0.5: the same boxes and scores). Use a
-selection split to choose a threshold (the model card of ``tiny.nwpu-dota`` quotes this script
+class at IoU >= 0.5 (COCOeval's greedy matching, highest score first). This is what an analyst
+sees from the command, unlike COCO AP, which is computed over every score. Filtering the floor
+run's boxes by score gives what a run at that threshold writes: greedy NMS only lets a box
+suppress lower-scoring ones (checked on six NWPU images at 0.5: the same boxes and scores). Use
+a selection split to choose a threshold (the model card of ``tiny.nwpu-dota`` quotes this script
 on NWPU VHR-10 ``val``).
 
 Usage (the COCO file comes from ``scripts/prepare_release_data.py``)::
@@ -31,27 +31,26 @@ from numpy.typing import NDArray
 
 from dynamicvis_cli.data.discover import open_dataset
 from dynamicvis_cli.errors import DvisError
+from dynamicvis_cli.evaluate.coco import _match as coco_match
 from dynamicvis_cli.train.metrics import box_iou
 
 THRESHOLDS = (0.3, 0.4, 0.45, 0.5, 0.55, 0.6)
 FLOOR = 0.1
 
 
-def matched(found: NDArray[np.float64], truth: NDArray[np.float64], iou: float = 0.5) -> int:
-    """Boxes of ``found`` matched one-to-one to ``truth`` at ``iou``, best overlaps first."""
+def matched(
+    found: NDArray[np.float64],
+    scores: NDArray[np.float64],
+    truth: NDArray[np.float64],
+    iou: float = 0.5,
+) -> int:
+    """Boxes of ``found`` matched one-to-one to ``truth`` at ``iou``: COCOeval's greedy matching
+    (highest score first, each to its best free object), as ``dvis evaluate`` does."""
     if not len(found) or not len(truth):
         return 0
-    overlap = box_iou(found, truth)
-    used: set[int] = set()
-    for i in np.argsort(-overlap.max(1), kind="stable"):
-        free = [
-            j
-            for j in np.argsort(-overlap[i], kind="stable")
-            if overlap[i, j] >= iou and j not in used
-        ]
-        if free:
-            used.add(int(free[0]))
-    return len(used)
+    order = np.argsort(-scores, kind="stable")
+    hits, _ = coco_match(box_iou(found[order], truth), np.zeros(len(truth), dtype=bool), iou)
+    return int(hits.sum())
 
 
 def score(
@@ -66,7 +65,7 @@ def score(
             truth = record.boxes[np.asarray(record.labels) == k]
             mine = found[(found["class"] == name) & (found["score"] >= threshold)]
             xyxy = mine[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64)
-            m = matched(xyxy, truth)
+            m = matched(xyxy, mine["score"].to_numpy(dtype=np.float64), truth)
             for key, n in (("boxes", len(xyxy)), ("right", m), ("objects", len(truth))):
                 per_class[name][key] += n
             boxes, right, objects = boxes + len(xyxy), right + m, objects + len(truth)

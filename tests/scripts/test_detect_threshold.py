@@ -18,7 +18,7 @@ _spec.loader.exec_module(bench)
 
 
 def _best_assignment(found: np.ndarray, truth: np.ndarray) -> int:
-    """The largest one-to-one matching at IoU >= 0.5: every box tried unmatched or on each free object."""
+    """The largest one-to-one matching at IoU >= 0.5: each box unmatched or on a free object."""
     ok = box_iou(found, truth) >= 0.5
 
     def best(i: int, used: frozenset[int]) -> int:
@@ -34,8 +34,10 @@ def _best_assignment(found: np.ndarray, truth: np.ndarray) -> int:
 def test_two_boxes_on_one_object_count_once_and_empty_sides_match_nothing() -> None:
     truth = np.array([[0, 0, 10, 10], [50, 50, 60, 60]], dtype=np.float64)
     found = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [100, 100, 110, 110]], dtype=np.float64)
-    assert bench.matched(found, truth) == 1
-    assert bench.matched(found[:0], truth) == 0 and bench.matched(found, truth[:0]) == 0
+    scores = np.array([0.4, 0.9, 0.5])
+    assert bench.matched(found, scores, truth) == 1
+    assert bench.matched(found[:0], scores[:0], truth) == 0
+    assert bench.matched(found, scores, truth[:0]) == 0
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -53,4 +55,5 @@ def test_greedy_matching_agrees_with_the_best_assignment_on_separated_objects(se
             rng.uniform(0, 400, (2, 2)).repeat(2, 1) + np.array([0, 0, 30, 30]),
         ]
     )
-    assert bench.matched(found, truth) == _best_assignment(found, truth)
+    scores = rng.uniform(0, 1, len(found))
+    assert bench.matched(found, scores, truth) == _best_assignment(found, truth)
