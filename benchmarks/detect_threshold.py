@@ -56,7 +56,6 @@ def matched(
 def score(
     pairs: list[tuple[Any, gpd.GeoDataFrame]], classes: list[str], threshold: float
 ) -> dict[str, Any]:
-    boxes = right = objects = 0
     per_class: dict[str, dict[str, int]] = {
         c: {"boxes": 0, "right": 0, "objects": 0} for c in classes
     }
@@ -68,7 +67,9 @@ def score(
             m = matched(xyxy, mine["score"].to_numpy(dtype=np.float64), truth)
             for key, n in (("boxes", len(xyxy)), ("right", m), ("objects", len(truth))):
                 per_class[name][key] += n
-            boxes, right, objects = boxes + len(xyxy), right + m, objects + len(truth)
+    boxes, right, objects = (
+        sum(c[key] for c in per_class.values()) for key in ("boxes", "right", "objects")
+    )
     precision = right / boxes if boxes else 0.0
     recall = right / objects if objects else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

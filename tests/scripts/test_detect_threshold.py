@@ -52,7 +52,7 @@ def test_greedy_matching_agrees_with_the_best_assignment_on_separated_objects(se
     found = np.vstack(
         [
             truth[picks] + rng.uniform(-6, 6, (6, 4)),
-            rng.uniform(0, 400, (2, 2)).repeat(2, 1) + np.array([0, 0, 30, 30]),
+            np.hstack([strays := rng.uniform(0, 400, (2, 2)), strays + 30]),
         ]
     )
     scores = rng.uniform(0, 1, len(found))
