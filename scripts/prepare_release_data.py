@@ -29,7 +29,10 @@ model's training command can be repeated:
   (``change_dsifn/``), each listed ``CHANGE_REPEAT`` times, plus ``PSEUDO_PAIRS`` pseudo-pairs made
   from the Dubai land-cover training tiles (see :func:`pseudo_pair`); ``OUT/change/levir-test``,
   ``OUT/change/dsifn-test``: the two sets' held-out pairs (their READMEs' val split);
-  ``OUT/change/dubai-test``: pseudo-pairs from Dubai Tile 6 (held out from every land-cover model).
+  ``OUT/change/dubai-test``: pseudo-pairs from Dubai Tile 6 (held out from every land-cover model);
+- ``OUT/change/train-paste``: as ``OUT/change/train`` without the LEVIR-CD pair kept for model
+  selection (``OUT/change/levir-select``, ``CHANGE_SELECT``), plus ``LEVIR_PASTE_PAIRS`` building
+  copy-paste pairs made from the other LEVIR-CD training pairs (see :func:`building_paste_pair`).
 
 Usage::
 
@@ -54,6 +57,7 @@ import rasterio
 from numpy.typing import NDArray
 from PIL import Image
 from rasterio.windows import Window
+from scipy import ndimage
 
 from dynamicvis_cli.errors import DvisError
 
@@ -70,10 +74,13 @@ DOTA_SPLIT_X = 740  # P0706_north: columns left of this train, the rest test
 DOTA_REPEAT = {"P0706_north_x0-740.png": 20, "P1888.png": 5}  # times listed in train-balanced.json
 CHANGE_TEST = {"change": ("test_2_0000_0000", "test_77_0512_0256", "test_7_0256_0512"),  # the READMEs' val
                "change_dsifn": ("1_1", "5_3")}
+CHANGE_SELECT = {"change": ("val_27_0000_0256",)}  # LEVIR-CD's val-split sample: train-paste's selection
 CHANGE_PREFIX = {"change": "levir", "change_dsifn": "dsifn"}
 CHANGE_REPEAT = 4  # each real training pair listed this many times beside the pseudo-pairs
 PSEUDO_PAIRS = {"train": 48, "test": 16}
 PSEUDO_SIZE = 256
+LEVIR_PASTE_PAIRS = 48  # building copy-paste pairs in change/train-paste
+MIN_BUILDING_PX = 40  # smaller changed regions (label slivers) are not pasted
 DUBAI_TILES = {"train": ("Tile 1", "Tile 2", "Tile 3", "Tile 4", "Tile 7", "Tile 8"), "test": ("Tile 6",)}
 PASTED = (0, 2, 3, 4)  # building, road, vegetation, water (not land)
 DUBAI_COLOURS = ((0x3C, 0x10, 0x98), (0x84, 0x29, 0xF6), (0x6E, 0xC1, 0xE4), (0xFE, 0xDD, 0x3A), (0xE2, 0xA9, 0x29))
@@ -261,19 +268,78 @@ def pseudo_pair(rng: random.Random, scenes: list[tuple[NDArray[np.uint8], NDArra
     return before, after, np.where(changed, 255, 0).astype(np.uint8)
 
 
+def building_paste_pair(rng: random.Random, pairs: list[tuple[NDArray[np.uint8], ...]]
+                        ) -> tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint8]]:
+    """A before/after pair with new buildings copied in from other real change pairs.
+
+    ``pairs`` are (before, after, label) LEVIR-CD pairs (label 255 = new building). The host is
+    one pair: half the time its real second date and label are kept, otherwise its first date
+    is used again as the second (label 0 everywhere). One to four buildings are then pasted into
+    the second date: whole connected regions of new-building pixels of a pair's second date (real
+    roofs with their real outlines), turned by a random quarter turn or flip and placed anywhere;
+    pasted pixels become changed. The second date is finally shifted in brightness and colour.
+    Returns (before, after, label) with label 0 = unchanged, 255 = changed.
+    """
+    before, after_real, label_real = pairs[rng.randrange(len(pairs))]
+    keep_real = rng.random() < 0.5
+    after = (after_real if keep_real else before).astype(np.float32)
+    changed = label_real > 0 if keep_real else np.zeros(before.shape[:2], bool)
+    buildings = []  # (second date, that building's mask) cut to the building's bounding box
+    for _, donor, donor_label in pairs:
+        regions, _ = ndimage.label(donor_label > 0)
+        for k, box in enumerate(ndimage.find_objects(regions), start=1):
+            mask = regions[box] == k
+            if mask.sum() >= MIN_BUILDING_PX:
+                buildings.append((donor[box], mask))
+    for _ in range(rng.randint(1, 4)):
+        patch, mask = buildings[rng.randrange(len(buildings))]
+        turns, flip = rng.randrange(4), rng.random() < 0.5
+        patch, mask = np.rot90(patch, turns), np.rot90(mask, turns)
+        if flip:
+            patch, mask = patch[:, ::-1], mask[:, ::-1]
+        ph, pw = mask.shape
+        y, x = rng.randrange(before.shape[0] - ph + 1), rng.randrange(before.shape[1] - pw + 1)
+        region = after[y:y + ph, x:x + pw]
+        region[mask] = patch[mask]
+        changed[y:y + ph, x:x + pw] |= mask
+    gain = np.array([rng.uniform(0.9, 1.1) for _ in range(3)], np.float32)
+    after = np.clip(after * gain + rng.uniform(-10, 10), 0, 255).astype(np.uint8)
+    return before, after, np.where(changed, 255, 0).astype(np.uint8)
+
+
 def change_sets(shared: Path, out: Path) -> dict[str, int]:
     """The change detector's folders (see the module docstring)."""
-    counts = {"change/train": 0}
+    counts = {"change/train": 0, "change/train-paste": 0}
+
+    def link_pair(folder: str, a: Path, split: str, name: str) -> None:
+        for part in ("A", "B", "label"):
+            _link(shared / folder / part / a.name, out / "change" / split / part / name)
+        counts[f"change/{split}"] = counts.get(f"change/{split}", 0) + 1
+
+    paste_sources = []
     for folder, prefix in CHANGE_PREFIX.items():
-        held = CHANGE_TEST[folder]
+        held, select = CHANGE_TEST[folder], CHANGE_SELECT.get(folder, ())
         for a in sorted((shared / folder / "A").glob("*.png")):
-            test = a.stem in held
-            for k in range(1 if test else CHANGE_REPEAT):
-                name = f"{prefix}_{a.stem}.png" if test else f"{prefix}_{a.stem}_r{k}.png"
-                split = f"{prefix}-test" if test else "train"
-                for part in ("A", "B", "label"):
-                    _link(shared / folder / part / a.name, out / "change" / split / part / name)
-                counts[f"change/{split}"] = counts.get(f"change/{split}", 0) + 1
+            if a.stem in held:
+                link_pair(folder, a, f"{prefix}-test", f"{prefix}_{a.stem}.png")
+                continue
+            if a.stem in select:
+                link_pair(folder, a, f"{prefix}-select", f"{prefix}_{a.stem}.png")
+            elif folder == "change":
+                paste_sources.append(tuple(
+                    np.asarray(Image.open(shared / folder / part / a.name).convert(mode))
+                    for part, mode in (("A", "RGB"), ("B", "RGB"), ("label", "L"))))
+            for k in range(CHANGE_REPEAT):
+                link_pair(folder, a, "train", f"{prefix}_{a.stem}_r{k}.png")
+                if a.stem not in select:
+                    link_pair(folder, a, "train-paste", f"{prefix}_{a.stem}_r{k}.png")
+
+    def write_pair(split: str, name: str, arrays: tuple[NDArray[np.uint8], ...]) -> None:
+        for part, array in zip(("A", "B", "label"), arrays, strict=True):
+            (out / "change" / split / part).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(out / "change" / split / part / name)
+        counts[f"change/{split}"] = counts.get(f"change/{split}", 0) + 1
+
     rng = random.Random(0)
     for split, tiles in DUBAI_TILES.items():
         scenes = []
@@ -284,12 +350,13 @@ def change_sets(shared: Path, out: Path) -> dict[str, int]:
                 h, w = min(rgb.shape[0], mask.shape[0]), min(rgb.shape[1], mask.shape[1])
                 if min(h, w) >= PSEUDO_SIZE:
                     scenes.append((rgb[:h, :w], dubai_classes(mask[:h, :w])))
-        folder = out / "change" / ("train" if split == "train" else "dubai-test")
         for i in range(PSEUDO_PAIRS[split]):
-            for part, array in zip(("A", "B", "label"), pseudo_pair(rng, scenes)):
-                (folder / part).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(array).save(folder / part / f"dubai_{i:03d}.png")
-        counts[f"change/{folder.name}"] = counts.get(f"change/{folder.name}", 0) + PSEUDO_PAIRS[split]
+            pair = pseudo_pair(rng, scenes)
+            for folder in (("train", "train-paste") if split == "train" else ("dubai-test",)):
+                write_pair(folder, f"dubai_{i:03d}.png", pair)
+    rng = random.Random(1)
+    for i in range(LEVIR_PASTE_PAIRS):
+        write_pair("train-paste", f"levir_paste_{i:03d}.png", building_paste_pair(rng, paste_sources))
     return counts
 
 

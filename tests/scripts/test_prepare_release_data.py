@@ -81,6 +81,27 @@ def test_release_data_splits_and_class_names(tmp_path: Path) -> None:
     assert all(set(np.unique(m)) <= {0, 255} for m in pseudo)
     changed = [float((m > 0).mean()) for m in pseudo]
     assert min(changed) == 0.0 and 0.05 < float(np.mean(changed)) < 0.5  # some no-change pairs, most changed
+    # train-paste: train less the LEVIR selection pair, plus building copy-paste pairs
+    paste = {s: open_dataset(out / "change" / s, "change") for s in ("train-paste", "levir-select")}
+    (select,) = paste["levir-select"].records
+    assert select.image.stem == "levir_val_27_0000_0256"
+    real = {r.image.stem for r in paste["train-paste"].records if not r.image.stem.startswith("levir_paste_")}
+    assert real == {r.image.stem for r in change["train"].records} - {f"levir_val_27_0000_0256_r{k}" for k in range(4)}
+    pasted = [r for r in paste["train-paste"].records if r.image.stem.startswith("levir_paste_")]
+    assert len(pasted) == 48
+    pure = 0  # pairs whose second date is the first again (plus a colour shift) and the pastes
+    for r in pasted:
+        before, after = (np.asarray(Image.open(p).convert("RGB")).astype(int) for p in (r.image, r.image_b))
+        mask = np.asarray(Image.open(r.mask))
+        label = mask > 0
+        assert label.any() and set(np.unique(mask)) <= {0, 255}
+        diff = np.abs(after - before).sum(-1)
+        if diff[~label].mean() < 45:  # unchanged pixels kept: the pasted buildings are what differs
+            pure += 1
+            assert diff[label].mean() > 2 * diff[~label].mean()
+    assert 12 <= pure <= 36  # about half the pairs
+    levir_select_a = np.asarray(Image.open(DATA / "change" / "A" / "val_27_0000_0256.png").convert("RGB"))
+    assert not any((np.asarray(Image.open(r.image).convert("RGB")) == levir_select_a).all() for r in pasted)
     again = _run("scripts/prepare_release_data.py", "--out", out)
     assert again.returncode == 2 and "exists" in again.stderr
     inside = _run("scripts/prepare_release_data.py", "--out", REPO / "release-data")
