@@ -36,7 +36,7 @@ def _release_splits() -> tuple[int, int]:
 MARINA_SPLIT_X, OSBS_SPLIT_Y = _release_splits()
 MARINA_MIN_RECALL, MARINA_MIN_PRECISION = 0.6, 0.5
 BOATS_MIN = 100
-# the change detector: IoU 0.42 on each held-out DSIFN-CD pair (its card)
+# the change detector: IoU 0.37 / 0.42 on the held-out DSIFN-CD pairs, 0.64 on LEVIR-CD test_77 (its card)
 CHANGE_MIN_IOU = 0.25
 # the tree-crown detector: OSBS_029 rows >= OSBS_SPLIT_Y were never trained on (its card)
 TREE_MODEL = "tiny.neon-trees"
@@ -218,29 +218,31 @@ def test_released_detector_finds_boats_in_a_drone_photo_and_refuses_unknown_clas
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.geojson").exists()
 
 
-@pytest.mark.parametrize("pair", ["1_1", "5_3"])
-def test_change_defaults_to_the_released_change_detector(pair: str, tmp_path: Path) -> None:
-    """The DSIFN-CD pairs held out from the change detector's training (its card): the change it
-    draws overlaps the labelled change far better than marking everything would (whose IoU is
-    the changed fraction). New single buildings (LEVIR-CD's labels) are a known failure of this
-    experimental model, written in its card: not asserted."""
+@pytest.mark.parametrize(("folder", "pair"), [("change_dsifn", "1_1"), ("change_dsifn", "5_3"),
+                                              ("change", "test_77_0512_0256")])
+def test_change_defaults_to_the_released_change_detector(folder: str, pair: str, tmp_path: Path) -> None:
+    """Pairs held out from the change detector's training (its card: the DSIFN-CD pairs and the
+    LEVIR-CD pair with a new warehouse): the change it draws overlaps the labelled change far
+    better than marking everything would (whose IoU is the changed fraction). New single houses
+    (LEVIR-CD's other two held-out pairs) are a known failure of this experimental model, written
+    in its card: not asserted."""
     import numpy as np
     import rasterio
     from PIL import Image
 
     name = COMMAND_DEFAULTS["change"]
     assert default_model("change") == name
-    dsifn = SHARED / "data" / "change_dsifn"
-    if not dsifn.is_dir():
-        pytest.skip(f"{dsifn} not found (needs ../shared/data)")
+    pairs = SHARED / "data" / folder
+    if not pairs.is_dir():
+        pytest.skip(f"{pairs} not found (needs ../shared/data)")
     out = tmp_path / "change.tif"
-    r = _dvis("change", dsifn / "A" / f"{pair}.png", dsifn / "B" / f"{pair}.png", "-o", out, "--device", "cpu", "-q")
+    r = _dvis("change", pairs / "A" / f"{pair}.png", pairs / "B" / f"{pair}.png", "-o", out, "--device", "cpu", "-q")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["model"] == name and not summary["random_weights"], summary
     with rasterio.open(out) as ds:
         predicted = ds.read(1) == 1
-    truth = np.asarray(Image.open(dsifn / "label" / f"{pair}.png")) > 0
+    truth = np.asarray(Image.open(pairs / "label" / f"{pair}.png")) > 0
     iou = float((predicted & truth).sum() / (predicted | truth).sum())
     assert iou >= CHANGE_MIN_IOU and iou > 1.5 * float(truth.mean()), (iou, float(predicted.mean()), float(truth.mean()))
 
