@@ -26,13 +26,14 @@ model's training command can be repeated:
   ``OUT/detect/train-balanced.json``: as ``train.json`` with the DOTA images listed several times
   (``DOTA_REPEAT``), so that the one training marina is not 1 crop in 181;
 - ``OUT/change/train`` (A/, B/, label/): the training pairs of LEVIR-CD (``change/``) and DSIFN-CD
-  (``change_dsifn/``), each listed ``CHANGE_REPEAT`` times, plus ``PSEUDO_PAIRS`` pseudo-pairs made
-  from the Dubai land-cover training tiles (see :func:`pseudo_pair`); ``OUT/change/levir-test``,
-  ``OUT/change/dsifn-test``: the two sets' held-out pairs (their READMEs' val split);
-  ``OUT/change/dubai-test``: pseudo-pairs from Dubai Tile 6 (held out from every land-cover model);
-- ``OUT/change/train-paste``: as ``OUT/change/train`` without the LEVIR-CD pair kept for model
-  selection (``OUT/change/levir-select``, ``CHANGE_SELECT``), plus ``LEVIR_PASTE_PAIRS`` building
-  copy-paste pairs made from the other LEVIR-CD training pairs (see :func:`building_paste_pair`).
+  (``change_dsifn/``) but the LEVIR-CD pair kept for model selection (``OUT/change/levir-select``,
+  ``CHANGE_SELECT``), each listed ``CHANGE_REPEAT`` times, plus ``PSEUDO_PAIRS`` pseudo-pairs made
+  from the Dubai land-cover training tiles (see :func:`pseudo_pair`); ``OUT/change/train-paste``:
+  the same plus ``LEVIR_PASTE_PAIRS`` building copy-paste pairs made from the LEVIR-CD training
+  pairs (see :func:`building_paste_pair`; the released change detector's data, ``train`` its
+  control run's); ``OUT/change/levir-test``, ``OUT/change/dsifn-test``: the two sets' held-out
+  pairs (their READMEs' val split); ``OUT/change/dubai-test``: pseudo-pairs from Dubai Tile 6
+  (held out from every land-cover model).
 
 Usage::
 
@@ -74,7 +75,7 @@ DOTA_SPLIT_X = 740  # P0706_north: columns left of this train, the rest test
 DOTA_REPEAT = {"P0706_north_x0-740.png": 20, "P1888.png": 5}  # times listed in train-balanced.json
 CHANGE_TEST = {"change": ("test_2_0000_0000", "test_77_0512_0256", "test_7_0256_0512"),  # the READMEs' val
                "change_dsifn": ("1_1", "5_3")}
-CHANGE_SELECT = {"change": ("val_27_0000_0256",)}  # LEVIR-CD's val-split sample: train-paste's selection
+CHANGE_SELECT = {"change": ("val_27_0000_0256",)}  # LEVIR-CD's val-split sample: model selection
 CHANGE_PREFIX = {"change": "levir", "change_dsifn": "dsifn"}
 CHANGE_REPEAT = 4  # each real training pair listed this many times beside the pseudo-pairs
 PSEUDO_PAIRS = {"train": 48, "test": 16}
@@ -325,14 +326,14 @@ def change_sets(shared: Path, out: Path) -> dict[str, int]:
                 continue
             if a.stem in select:
                 link_pair(folder, a, f"{prefix}-select", f"{prefix}_{a.stem}.png")
-            elif folder == "change":
+                continue
+            if folder == "change":
                 paste_sources.append(tuple(
                     np.asarray(Image.open(shared / folder / part / a.name).convert(mode))
                     for part, mode in (("A", "RGB"), ("B", "RGB"), ("label", "L"))))
             for k in range(CHANGE_REPEAT):
-                link_pair(folder, a, "train", f"{prefix}_{a.stem}_r{k}.png")
-                if a.stem not in select:
-                    link_pair(folder, a, "train-paste", f"{prefix}_{a.stem}_r{k}.png")
+                for split in ("train", "train-paste"):
+                    link_pair(folder, a, split, f"{prefix}_{a.stem}_r{k}.png")
 
     def write_pair(split: str, name: str, arrays: tuple[NDArray[np.uint8], ...]) -> None:
         for part, array in zip(("A", "B", "label"), arrays, strict=True):

@@ -70,24 +70,24 @@ def test_release_data_splits_and_class_names(tmp_path: Path) -> None:
     assert len(balanced.records) == len(coco["train"].records) + 19 + 4  # marina x20, P1888 x5
     held_out = {r.image.resolve() for r in coco["val"].records + coco["marina"].records}
     assert not held_out & {r.image.resolve() for r in coco["train"].records}
-    # the change detector's pairs: real training pairs x4 + Dubai pseudo-pairs; held-out pairs apart
+    # the change detector's pairs: real training pairs x4 + Dubai pseudo-pairs (+ copy-paste pairs);
+    # the selection pair and the held-out pairs apart
     change = {s: open_dataset(out / "change" / s, "change")
-              for s in ("train", "levir-test", "dsifn-test", "dubai-test")}
-    assert {s: len(c.records) for s, c in change.items()} \
-        == {"train": 6 * 4 + 6 * 4 + 48, "levir-test": 3, "dsifn-test": 2, "dubai-test": 16}
+              for s in ("train", "train-paste", "levir-select", "levir-test", "dsifn-test", "dubai-test")}
+    assert {s: len(c.records) for s, c in change.items()} == {
+        "train": 5 * 4 + 6 * 4 + 48, "train-paste": 5 * 4 + 6 * 4 + 48 + 48,
+        "levir-select": 1, "levir-test": 3, "dsifn-test": 2, "dubai-test": 16}
     stems = {s: {r.image.stem.rsplit("_r", 1)[0] for r in c.records} for s, c in change.items()}
-    assert not stems["train"] & (stems["levir-test"] | stems["dsifn-test"])
+    assert stems["levir-select"] == {"levir_val_27_0000_0256"}
+    assert not (stems["train"] | stems["train-paste"]) & (stems["levir-select"] | stems["levir-test"] | stems["dsifn-test"])
     pseudo = [np.asarray(Image.open(r.mask)) for r in change["train"].records if r.image.stem.startswith("dubai_")]
     assert all(set(np.unique(m)) <= {0, 255} for m in pseudo)
     changed = [float((m > 0).mean()) for m in pseudo]
     assert min(changed) == 0.0 and 0.05 < float(np.mean(changed)) < 0.5  # some no-change pairs, most changed
-    # train-paste: train less the LEVIR selection pair, plus building copy-paste pairs
-    paste = {s: open_dataset(out / "change" / s, "change") for s in ("train-paste", "levir-select")}
-    (select,) = paste["levir-select"].records
-    assert select.image.stem == "levir_val_27_0000_0256"
-    real = {r.image.stem for r in paste["train-paste"].records if not r.image.stem.startswith("levir_paste_")}
-    assert real == {r.image.stem for r in change["train"].records} - {f"levir_val_27_0000_0256_r{k}" for k in range(4)}
-    pasted = [r for r in paste["train-paste"].records if r.image.stem.startswith("levir_paste_")]
+    # train-paste: train plus building copy-paste pairs
+    real = {r.image.stem for r in change["train-paste"].records if not r.image.stem.startswith("levir_paste_")}
+    assert real == {r.image.stem for r in change["train"].records}
+    pasted = [r for r in change["train-paste"].records if r.image.stem.startswith("levir_paste_")]
     assert len(pasted) == 48
     pure = 0  # pairs whose second date is the first again (plus a colour shift) and the pastes
     for r in pasted:
