@@ -269,29 +269,38 @@ def pseudo_pair(rng: random.Random, scenes: list[tuple[NDArray[np.uint8], NDArra
     return before, after, np.where(changed, 255, 0).astype(np.uint8)
 
 
-def building_paste_pair(rng: random.Random, pairs: list[tuple[NDArray[np.uint8], ...]]
-                        ) -> tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint8]]:
-    """A before/after pair with new buildings copied in from other real change pairs.
+def new_buildings(pairs: list[tuple[NDArray[np.uint8], ...]]
+                  ) -> list[tuple[NDArray[np.uint8], NDArray[np.bool_]]]:
+    """The new buildings of (before, after, label) change pairs: each connected region of changed
+    pixels (of at least ``MIN_BUILDING_PX``) as (second date, region mask), both cut to the
+    region's bounding box."""
+    buildings = []
+    for _, after, label in pairs:
+        regions, _ = ndimage.label(label > 0)
+        for k, box in enumerate(ndimage.find_objects(regions), start=1):
+            mask = regions[box] == k
+            if mask.sum() >= MIN_BUILDING_PX:
+                buildings.append((after[box], mask))
+    return buildings
 
-    ``pairs`` are (before, after, label) LEVIR-CD pairs (label 255 = new building). The host is
-    one pair: half the time its real second date and label are kept, otherwise its first date
-    is used again as the second (label 0 everywhere). One to four buildings are then pasted into
-    the second date: whole connected regions of new-building pixels of a pair's second date (real
-    roofs with their real outlines), turned by a random quarter turn or flip and placed anywhere;
-    pasted pixels become changed. The second date is finally shifted in brightness and colour.
+
+def building_paste_pair(rng: random.Random, pairs: list[tuple[NDArray[np.uint8], ...]],
+                        buildings: list[tuple[NDArray[np.uint8], NDArray[np.bool_]]]
+                        ) -> tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint8]]:
+    """A before/after pair with new buildings copied in from real change pairs.
+
+    ``pairs`` are (before, after, label) LEVIR-CD pairs (label 255 = new building), ``buildings``
+    their :func:`new_buildings`. The host is one pair: half the time its real second date and
+    label are kept, otherwise its first date is used again as the second (label 0 everywhere).
+    One to four buildings (real roofs with their real outlines) are then pasted into the second
+    date, each turned by a random quarter turn or flip and placed anywhere; pasted pixels become
+    changed. The second date is finally shifted in brightness and colour.
     Returns (before, after, label) with label 0 = unchanged, 255 = changed.
     """
     before, after_real, label_real = pairs[rng.randrange(len(pairs))]
     keep_real = rng.random() < 0.5
     after = (after_real if keep_real else before).astype(np.float32)
     changed = label_real > 0 if keep_real else np.zeros(before.shape[:2], bool)
-    buildings = []  # (second date, that building's mask) cut to the building's bounding box
-    for _, donor, donor_label in pairs:
-        regions, _ = ndimage.label(donor_label > 0)
-        for k, box in enumerate(ndimage.find_objects(regions), start=1):
-            mask = regions[box] == k
-            if mask.sum() >= MIN_BUILDING_PX:
-                buildings.append((donor[box], mask))
     for _ in range(rng.randint(1, 4)):
         patch, mask = buildings[rng.randrange(len(buildings))]
         turns, flip = rng.randrange(4), rng.random() < 0.5
@@ -355,9 +364,10 @@ def change_sets(shared: Path, out: Path) -> dict[str, int]:
             pair = pseudo_pair(rng, scenes)
             for folder in (("train", "train-paste") if split == "train" else ("dubai-test",)):
                 write_pair(folder, f"dubai_{i:03d}.png", pair)
-    rng = random.Random(1)
+    rng, buildings = random.Random(1), new_buildings(paste_sources)
     for i in range(LEVIR_PASTE_PAIRS):
-        write_pair("train-paste", f"levir_paste_{i:03d}.png", building_paste_pair(rng, paste_sources))
+        pair = building_paste_pair(rng, paste_sources, buildings)
+        write_pair("train-paste", f"levir_paste_{i:03d}.png", pair)
     return counts
 
 
