@@ -317,6 +317,23 @@ def building_paste_pair(rng: random.Random, pairs: list[tuple[NDArray[np.uint8],
     return before, after, np.where(changed, 255, 0).astype(np.uint8)
 
 
+def change_role(folder: str, stem: str) -> str:
+    """What a real change pair of ``folder`` is for: "test" (held out), "select" (model
+    selection) or "train"."""
+    if stem in CHANGE_TEST[folder]:
+        return "test"
+    return "select" if stem in CHANGE_SELECT.get(folder, ()) else "train"
+
+
+def levir_training_pairs(shared: Path) -> list[tuple[str, tuple[NDArray[np.uint8], ...]]]:
+    """(name, (before, after, label)) of the LEVIR-CD training pairs: the only sources of the
+    buildings that :func:`building_paste_pair` pastes (never a selection or held-out pair)."""
+    return [(a.stem, tuple(np.asarray(Image.open(shared / "change" / part / a.name).convert(mode))
+                           for part, mode in (("A", "RGB"), ("B", "RGB"), ("label", "L"))))
+            for a in sorted((shared / "change" / "A").glob("*.png"))
+            if change_role("change", a.stem) == "train"]
+
+
 def change_sets(shared: Path, out: Path) -> dict[str, int]:
     """The change detector's folders (see the module docstring)."""
     counts = {"change/train": 0, "change/train-paste": 0}
@@ -326,20 +343,12 @@ def change_sets(shared: Path, out: Path) -> dict[str, int]:
             _link(shared / folder / part / a.name, out / "change" / split / part / name)
         counts[f"change/{split}"] = counts.get(f"change/{split}", 0) + 1
 
-    paste_sources = []
     for folder, prefix in CHANGE_PREFIX.items():
-        held, select = CHANGE_TEST[folder], CHANGE_SELECT.get(folder, ())
         for a in sorted((shared / folder / "A").glob("*.png")):
-            if a.stem in held:
-                link_pair(folder, a, f"{prefix}-test", f"{prefix}_{a.stem}.png")
+            role = change_role(folder, a.stem)
+            if role != "train":
+                link_pair(folder, a, f"{prefix}-{role}", f"{prefix}_{a.stem}.png")
                 continue
-            if a.stem in select:
-                link_pair(folder, a, f"{prefix}-select", f"{prefix}_{a.stem}.png")
-                continue
-            if folder == "change":
-                paste_sources.append(tuple(
-                    np.asarray(Image.open(shared / folder / part / a.name).convert(mode))
-                    for part, mode in (("A", "RGB"), ("B", "RGB"), ("label", "L"))))
             for k in range(CHANGE_REPEAT):
                 for split in ("train", "train-paste"):
                     link_pair(folder, a, split, f"{prefix}_{a.stem}_r{k}.png")
@@ -364,6 +373,7 @@ def change_sets(shared: Path, out: Path) -> dict[str, int]:
             pair = pseudo_pair(rng, scenes)
             for folder in (("train", "train-paste") if split == "train" else ("dubai-test",)):
                 write_pair(folder, f"dubai_{i:03d}.png", pair)
+    paste_sources = [pair for _, pair in levir_training_pairs(shared)]
     rng, buildings = random.Random(1), new_buildings(paste_sources)
     for i in range(LEVIR_PASTE_PAIRS):
         pair = building_paste_pair(rng, paste_sources, buildings)

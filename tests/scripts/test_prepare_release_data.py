@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,24 +13,12 @@ from PIL import Image
 from rasterio.windows import Window
 
 from dynamicvis_cli.data.discover import open_dataset
-from tests.conftest import SHARED
-
-REPO = Path(__file__).resolve().parents[2]
-DATA = SHARED / "data"
+from tests.scripts.conftest import DATA, REPO, load_script
+from tests.scripts.conftest import run_script as _run
 
 
-def _run(script: str, *args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True, check=False)
-
-
-RELEASE_SETS = ("neon_trees", "dota_harbour", "nwpu_vhr10", "change", "change_dsifn", "dubai")
-
-
-@pytest.mark.skipif(not all((DATA / d).is_dir() for d in RELEASE_SETS),
-                    reason=f"needs ../shared/data/{{{','.join(RELEASE_SETS)}}}")
-def test_release_data_splits_and_class_names(tmp_path: Path) -> None:
-    out = tmp_path / "release"
-    r = _run("scripts/prepare_release_data.py", "--out", out)
+def test_release_data_splits_and_class_names(release_data: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    out, r = release_data
     assert r.returncode == 0, r.stderr
     trees = open_dataset(out / "trees" / "train", "detect", format="voc")
     assert trees.classes == ["Tree"]  # SOAP's Alive/Dead mapped
@@ -102,6 +89,11 @@ def test_release_data_splits_and_class_names(tmp_path: Path) -> None:
     assert 12 <= pure <= 36  # about half the pairs
     levir_select_a = np.asarray(Image.open(DATA / "change" / "A" / "val_27_0000_0256.png").convert("RGB"))
     assert not any((np.asarray(Image.open(r.image).convert("RGB")) == levir_select_a).all() for r in pasted)
+    # the pasted buildings come only from the LEVIR pairs trained on, never the selection/held-out ones
+    prep = load_script("scripts/prepare_release_data.py")
+    sources = [name for name, _ in prep.levir_training_pairs(DATA)]
+    assert sources == sorted({s.removeprefix("levir_") for s in stems["train"] if s.startswith("levir_")})
+    assert len(sources) == 5 and "val_27_0000_0256" not in sources
     again = _run("scripts/prepare_release_data.py", "--out", out)
     assert again.returncode == 2 and "exists" in again.stderr
     inside = _run("scripts/prepare_release_data.py", "--out", REPO / "release-data")
