@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from dynamicvis_cli.train.metrics import box_iou
+from tests.scripts.conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "detect_threshold.py"
-_spec = importlib.util.spec_from_file_location("detect_threshold", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_script("benchmarks/detect_threshold.py")
 
 
 def _best_assignment(found: np.ndarray, truth: np.ndarray) -> int:
