@@ -70,6 +70,8 @@ class Quote:
 
 @dataclass
 class Check:
+    """The outcome of one quoted command: its report's headline metrics against the card."""
+
     card: str
     line: int
     command: str
@@ -103,6 +105,7 @@ def card_palette(card: str) -> dict[str, Any] | None:
 
 
 def option(argv: list[str], *names: str) -> str | None:
+    """The value given to the first of ``names`` in ``argv`` (None when absent)."""
     for i, tok in enumerate(argv[:-1]):
         if tok in names:
             return argv[i + 1]
